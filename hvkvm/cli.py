@@ -1,0 +1,191 @@
+"""The ``hvkvm`` command.
+
+Exit codes: 0 the guest passed (done(0)) or the command succeeded, 1 the guest failed, asserted or
+crashed, 2 bad usage or input (one line on stderr, never a traceback), 3 KVM unavailable,
+124 the guest ran past ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .partition.result import EXIT_NO_KVM, EXIT_USAGE
+
+
+class UsageError(Exception):
+    """Bad usage or input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2 (argparse's multi-line usage dump is noise)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    from .partition.config import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = _Parser(prog="hvkvm", description="Hyper-V's architecture on Linux KVM: run tiny guest "
+                                          "kernels as child partitions of a Python parent.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="boot an image in a new child partition")
+    run.add_argument("image", metavar="IMAGE|NAME", help="an ELF file, or a built-in image name")
+    run.add_argument("--memory", type=_size, default="64M", help="guest RAM (default 64M)")
+    run.add_argument("--vcpus", type=_positive_int, default=1, help="vCPUs (default 1)")
+    run.add_argument("--timeout", type=_seconds, default=None, help="wall-clock limit, seconds")
+    run.add_argument("--cmdline", default=None, help="guest command line")
+    run.add_argument("--serial", default="-", metavar="FILE|-",
+                     help="where COM1 output goes (default stdout; stderr with --json)")
+    run.add_argument("--strict-io", action="store_true",
+                     help="an unmapped port or MMIO access stops the guest")
+    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    img = sub.add_parser("images", help="list, build or locate the built-in guest images")
+    img.add_argument("action", nargs="?", default="list", choices=["list", "build", "path"])
+    img.add_argument("name", nargs="*", help="image names (build: default all; path: one)")
+    img.add_argument("--force", action="store_true", help="rebuild even when cached")
+
+    doc = sub.add_parser("doctor", help="check /dev/kvm and say which kind of KVM this is")
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.add_argument("--no-probe", action="store_true", help="skip the CPL0/CPL3 timing probe")
+    return p
+
+
+def _open_serial(arg: str, json_mode: bool):
+    if arg == "-":
+        return (sys.stderr if json_mode else sys.stdout).buffer, False
+    try:
+        return open(arg, "wb"), True
+    except OSError as e:
+        raise UsageError(f"cannot open serial output {arg}: {e.strerror}") from None
+
+
+def cmd_run(args) -> int:
+    """``hvkvm run``: boot, wait, summarize."""
+    from .boot.elf import BadImage
+    from .images import ImageError, resolve_image
+    from .kvm.errors import KvmError, KvmUnavailable
+    from .partition.config import PartitionConfig
+    from .partition.partition import ChildPartition
+
+    try:
+        path = resolve_image(args.image)
+    except ImageError as e:
+        raise UsageError(str(e)) from None
+    name = os.path.splitext(os.path.basename(str(path)))[0]
+    cmdline = args.cmdline if args.cmdline is not None else name
+    out, close_out = _open_serial(args.serial, args.json)
+    cfg = PartitionConfig(image=path, memory=args.memory, vcpus=args.vcpus, cmdline=cmdline,
+                          serial_out=out, timeout=args.timeout, strict_io=args.strict_io,
+                          serial_stdin=sys.stdin.isatty() and not args.json)
+    try:
+        try:
+            cfg.validate()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        try:
+            part = ChildPartition(cfg)
+        except BadImage as e:
+            raise UsageError(str(e)) from None
+        except KvmUnavailable as e:
+            print(f"hvkvm: KVM unavailable: {e} (run `hvkvm doctor`)", file=sys.stderr)
+            return EXIT_NO_KVM
+        except (ValueError, KvmError) as e:
+            raise UsageError(str(e)) from None
+        with part:
+            result = part.run()
+    finally:
+        if close_out:
+            out.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    if result.detail and not result.passed:
+        print(result.detail, file=sys.stderr)
+    print(result.summary_line(), file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_images(args) -> int:
+    """``hvkvm images``: list, build or locate built-in images."""
+    from .images import ImageError, build_image, image_path, list_images
+    try:
+        if args.action == "list":
+            for n in list_images():
+                print(n)
+        elif args.action == "build":
+            for n in args.name or list_images():
+                print(f"{n}: {build_image(n, force=args.force)}")
+        else:
+            if len(args.name) != 1:
+                raise UsageError("images path takes exactly one image name")
+            print(image_path(args.name[0]))
+    except ImageError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    """``hvkvm doctor``: report on /dev/kvm and the backend."""
+    from .doctor import diagnose, format_report
+    rep = diagnose(probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=2))
+    else:
+        print(format_report(rep))
+    if not rep.accessible:
+        return EXIT_NO_KVM
+    return 0 if rep.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hvkvm`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = {"run": cmd_run, "images": cmd_images, "doctor": cmd_doctor}[args.command]
+        return handler(args)
+    except UsageError as e:
+        print(f"hvkvm: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("hvkvm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

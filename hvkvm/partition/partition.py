@@ -1,0 +1,598 @@
+"""``ChildPartition``: one KVM VM with its RAM, vCPUs, buses and devices, and its exit loop.
+
+The partition owns everything it builds (built under a :class:`contextlib.ExitStack`, torn down in
+reverse: vCPUs, memory slots, RAM, VM, ``/dev/kvm``). :meth:`ChildPartition.run` starts one thread
+per vCPU (KVM_RUN releases the GIL), services exits in Python and returns a
+:class:`~hvkvm.partition.result.RunResult`.
+
+Stopping a vCPU thread: set ``kvm_run.immediate_exit`` and send it :data:`KICK_SIGNAL`; KVM_RUN
+then returns EINTR wherever the thread is (about to enter, or blocked in the guest's HLT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+from ..boot import cpu as bootcpu
+from ..boot.elf import ElfImage, Symbols, load_elf, place_image
+from ..boot.pvh import write_start_info
+from ..kvm import abi
+from ..kvm.errors import KvmError
+from ..kvm.system import Kvm
+from ..memory import GuestMemory, GuestMemoryError
+from .bus import Bus
+from .config import PartitionConfig
+from .result import RunResult
+from .ucall import (UCALL_ASSERT, UCALL_DONE, UCALL_FAULT, UCALL_LOG, UCALL_PORT, UCALL_SYNC,
+                    EXCEPTION_NAMES, UcallError, read_ucall)
+
+log = logging.getLogger("hvkvm.partition")
+
+#: Signal used to kick a vCPU thread out of KVM_RUN (a no-op handler is installed for it).
+KICK_SIGNAL = signal.SIGRTMIN + 3
+
+#: VT-x needs three pages for its real-mode TSS and one for the EPT identity map; both sit in the
+#: 32-bit MMIO hole, below the LAPIC, where no RAM or device lives.
+TSS_ADDR = 0xFFFB_D000
+IDENTITY_MAP_ADDR = 0xFFFB_C000
+
+COM1_BASE = 0x3F8
+COM1_IRQ = 4
+
+DIRECT_BOOT_STACK = 0x80000
+
+RFLAGS_IF = 1 << 9
+CR0_PE = 1
+
+
+def _noop_handler(signum, frame) -> None:
+    """The kick signal's handler: its only job is to make KVM_RUN return EINTR."""
+
+
+def install_kick_handler() -> bool:
+    """Install the no-op handler for :data:`KICK_SIGNAL` (main thread only); True if installed."""
+    current = signal.getsignal(KICK_SIGNAL)
+    if current not in (signal.SIG_DFL, None) and current is not signal.SIG_IGN:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(KICK_SIGNAL, _noop_handler)
+    signal.siginterrupt(KICK_SIGNAL, True)
+    return True
+
+
+class _Stop(Exception):
+    """Raised inside a vCPU thread to end its loop with an outcome already recorded."""
+
+
+class VcpuThread:
+    """One vCPU's exit loop, run in its own thread."""
+
+    def __init__(self, partition: "ChildPartition", vcpu):
+        self.partition = partition
+        self.vcpu = vcpu
+        self.index = vcpu.index
+        self.exits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.thread: threading.Thread | None = None
+        self.last_exit = time.monotonic()
+        self.stop_requested = False
+        self.probe_requested = False
+        #: "running", "halted" (HLT with IF=0), "wait-sipi", "done"
+        self.state = "running"
+        self.where: dict = {}
+
+    # -- kicking --------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Make KVM_RUN return now (or as soon as it is entered)."""
+        run = self.vcpu.run_struct
+        if run is not None:
+            run.immediate_exit = 1
+        t = self.thread
+        if t is not None and t.ident is not None and t.is_alive():
+            try:
+                signal.pthread_kill(t.ident, KICK_SIGNAL)
+            except (ProcessLookupError, OSError):
+                pass
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _ring(self, run) -> int:
+        sregs = run.s.regs.sregs
+        if not sregs.cr0 & CR0_PE:
+            return 0
+        return sregs.cs.selector & 3
+
+    def snapshot_where(self) -> dict:
+        """RIP, symbol, ring and state of this vCPU, from the synced registers."""
+        run = self.vcpu.run_struct
+        if run is None:
+            return {"state": self.state}
+        rip = run.s.regs.regs.rip
+        return {"rip": rip, "symbol": self.partition.symbolize(rip), "ring": self._ring(run),
+                "state": self.state}
+
+    def registers(self) -> dict[str, int]:
+        """General, flag, segment-selector and control registers from the synced state."""
+        run = self.vcpu.run_struct
+        regs, sregs = run.s.regs.regs, run.s.regs.sregs
+        out = {name: getattr(regs, name) for name, _ in regs._fields_}
+        for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
+            out[seg] = getattr(sregs, seg).selector
+        for cr in ("cr0", "cr2", "cr3", "cr4", "efer"):
+            out[cr] = getattr(sregs, cr)
+        return out
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the vCPU thread."""
+        self.thread = threading.Thread(target=self._main, name=f"hvkvm-vcpu{self.index}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        p = self.partition
+        run = self.vcpu.run_struct
+        run.kvm_valid_regs = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
+        try:
+            while not self.stop_requested:
+                run.kvm_dirty_regs = 0
+                reason = self.vcpu.run()
+                self.last_exit = time.monotonic()
+                if reason == abi.KVM_EXIT_INTR:
+                    run.immediate_exit = 0
+                    self._count("intr", run)
+                    if self.stop_requested:
+                        break
+                    if self.probe_requested:
+                        self._probe(run)
+                    continue
+                self.state = "running"
+                self._handle(reason, run)
+        except _Stop:
+            pass
+        except (UcallError, GuestMemoryError) as e:
+            p._finish(RunResult("guest-error", f"vCPU{self.index}: {e}"), self)
+        except KvmError as e:
+            p._finish(RunResult("host-error", f"vCPU{self.index}: {e}"), self)
+        except Exception as e:  # a host bug must end the run with its traceback, not hang it
+            p._finish(RunResult("host-error", f"vCPU{self.index}: {type(e).__name__}: {e}",
+                                detail=traceback.format_exc()), self)
+        finally:
+            if self.vcpu.run_struct is not None:
+                self.where = self.snapshot_where()
+            if self.state == "running":
+                self.state = "stopped"
+
+    def _count(self, name: str, run) -> None:
+        self.exits[name][1 if self._ring(run) == 3 else 0] += 1
+
+    def _probe(self, run) -> None:
+        self.probe_requested = False
+        mp = self.vcpu.get_mp_state()
+        if mp == abi.KVM_MP_STATE_HALTED and not run.s.regs.regs.rflags & RFLAGS_IF:
+            self.state = "halted"
+        elif mp in (abi.KVM_MP_STATE_UNINITIALIZED, abi.KVM_MP_STATE_INIT_RECEIVED):
+            self.state = "wait-sipi"
+        else:
+            self.state = "running"
+        self.partition._probe_done.set()
+
+    def _handle(self, reason: int, run) -> None:
+        p = self.partition
+        name = abi.EXIT_REASON_NAMES.get(reason, f"exit-{reason}")
+        short = name[len("KVM_EXIT_"):].lower() if name.startswith("KVM_EXIT_") else name
+        self._count(short, run)
+        if reason == abi.KVM_EXIT_IO:
+            self._io(run)
+        elif reason == abi.KVM_EXIT_MMIO:
+            m = run.mmio
+            length = min(m.len, 8)
+            buf = (ctypes.c_uint8 * 8).from_address(ctypes.addressof(m) +
+                                                    type(m).data.offset)
+            view = memoryview(buf).cast("B")[:length]
+            if m.is_write:
+                p.mmio_bus.write(m.phys_addr, bytes(view))
+            else:
+                p.mmio_bus.read(m.phys_addr, view)
+        elif reason == abi.KVM_EXIT_HLT:
+            if not run.s.regs.regs.rflags & RFLAGS_IF:
+                self.state = "halted"
+                p._check_all_stopped()
+        elif reason == abi.KVM_EXIT_SHUTDOWN:
+            self._crash("triple fault (KVM_EXIT_SHUTDOWN)", run)
+        elif reason == abi.KVM_EXIT_FAIL_ENTRY:
+            fe = run.fail_entry
+            self._crash(f"VM entry failed: hardware reason {fe.hardware_entry_failure_reason:#x}"
+                        f" on cpu {fe.cpu}", run)
+        elif reason == abi.KVM_EXIT_INTERNAL_ERROR:
+            ie = run.internal
+            sub = {getattr(abi, n): n for n in dir(abi) if n.startswith("KVM_INTERNAL_ERROR_")}
+            data = " ".join(f"{ie.data[i]:#x}" for i in range(min(ie.ndata, 16)))
+            self._crash(f"KVM internal error: {sub.get(ie.suberror, ie.suberror)}"
+                        f"{' data ' + data if data else ''}", run)
+        elif reason == abi.KVM_EXIT_SYSTEM_EVENT:
+            ev = run.system_event
+            kinds = {getattr(abi, n): n for n in dir(abi) if n.startswith("KVM_SYSTEM_EVENT_")}
+            kind = kinds.get(ev.type, str(ev.type))
+            if ev.type == getattr(abi, "KVM_SYSTEM_EVENT_SHUTDOWN", 1):
+                p._finish(RunResult("stopped", f"guest powered off ({kind})"), self)
+                raise _Stop
+            self._crash(f"system event {kind}", run)
+        elif reason == abi.KVM_EXIT_DEBUG:
+            self._crash("debug exit with no debugger attached", run)
+        elif reason in (abi.KVM_EXIT_IRQ_WINDOW_OPEN, abi.KVM_EXIT_UNKNOWN):
+            pass
+        else:
+            self._crash(f"unhandled exit {name}", run)
+
+    def _crash(self, why: str, run) -> None:
+        regs = self.registers()
+        rip = regs["rip"]
+        sym = self.partition.symbolize(rip)
+        ring = self._ring(run)
+        res = RunResult("crash", f"guest crashed on vCPU{self.index}: {why} at RIP {rip:#x} "
+                                 f"<{sym}> (ring {ring})",
+                        detail=format_registers(regs), registers=regs, symbol=sym)
+        self.partition._finish(res, self)
+        raise _Stop
+
+    def _io(self, run) -> None:
+        p = self.partition
+        io = run.io
+        size, count, port = io.size, io.count, io.port
+        n = size * count
+        off = io.data_offset
+        if off + n > self.vcpu.mmap_size or size not in (1, 2, 4):
+            raise KvmError("KVM_RUN", 5)  # EIO: the kernel handed us an impossible io exit
+        view = memoryview(self.vcpu._mm)[off:off + n]
+        try:
+            is_write = io.direction == abi.KVM_EXIT_IO_OUT
+            if port == UCALL_PORT and is_write and size == 4 and count == 1:
+                self._ucall(struct.unpack("<I", view)[0], run)
+            elif count == 1:
+                if is_write:
+                    p.pio_bus.write(port, view)
+                else:
+                    p.pio_bus.read(port, view)
+            else:
+                p.pio_bus.pio_string(port, size, count, view, is_write)
+        finally:
+            view.release()
+
+    def _ucall(self, gpa: int, run) -> None:
+        p = self.partition
+        uc = read_ucall(p.memory, gpa)
+        ring = self._ring(run)
+        where = f"vCPU{self.index}, ring {ring}"
+        if uc.cmd == UCALL_LOG:
+            p._log(self.index, uc.msg)
+        elif uc.cmd == UCALL_SYNC:
+            p._sync(self.index, uc)
+        elif uc.cmd == UCALL_DONE:
+            code = uc.args[0] & 0xFFFF_FFFF
+            code = code - (1 << 32) if code & 0x8000_0000 else code
+            status = "pass" if code == 0 else "fail"
+            p._finish(RunResult(status, f"guest done({code}) ({where})", guest_code=code), self)
+            self.state = "done"
+            raise _Stop
+        elif uc.cmd == UCALL_ASSERT:
+            vals = f" (values {uc.args[0]:#x}, {uc.args[1]:#x})" if any(uc.args[:2]) else ""
+            reason = f"guest assert failed at {uc.file}:{uc.line}: {uc.msg} ({where}){vals}"
+            p._finish(RunResult("assert", reason, assert_file=uc.file, assert_line=uc.line),
+                      self)
+            raise _Stop
+        elif uc.cmd == UCALL_FAULT:
+            fr = uc.frame
+            vec = fr["vector"]
+            fault_ring = fr["cs"] & 3
+            exc = EXCEPTION_NAMES.get(vec, f"vector {vec}")
+            rip = fr["rip"]
+            sym = p.symbolize(rip)
+            regs = dict(uc.gprs)
+            regs.update({k: v for k, v in fr.items() if k not in ("vector",)})
+            regs["rsp"] = fr["rsp"]
+            extra = f", CR2 {fr['cr2']:#x}" if vec == 14 else ""
+            reason = (f"guest fault on vCPU{self.index}: {exc} in ring {fault_ring} at RIP "
+                      f"{rip:#x} <{sym}>, error code {fr['error_code']:#x}{extra}")
+            p._finish(RunResult("fault", reason, detail=format_registers(regs),
+                                registers=regs, symbol=sym), self)
+            raise _Stop
+
+
+def format_registers(regs: dict[str, int]) -> str:
+    """A register dump, four to a line."""
+    order = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+             "r12", "r13", "r14", "r15", "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
+             "cr0", "cr2", "cr3", "cr4", "efer", "error_code"]
+    items = [(k, regs[k]) for k in order if k in regs]
+    lines = []
+    for i in range(0, len(items), 4):
+        lines.append("  ".join(f"{k.upper():>6}={v:016x}" for k, v in items[i:i + 4]))
+    return "\n".join(lines)
+
+
+class ChildPartition:
+    """A child partition: owns the VM, its RAM, vCPUs, buses and devices.
+
+    Build it with a :class:`PartitionConfig`, then :meth:`run` it once; :meth:`close` (or ``with``)
+    releases everything in reverse order of creation.
+    """
+
+    def __init__(self, config: PartitionConfig):
+        config.validate()
+        self.config = config
+        self.image: ElfImage | None = None
+        self.symbols = Symbols()
+        self.vcpus = []
+        self.serial = None
+        self._stack = contextlib.ExitStack()
+        self._done = threading.Event()
+        self._probe_done = threading.Event()
+        self._result: RunResult | None = None
+        self._result_lock = threading.Lock()
+        self._logs: list[str] = []
+        self._syncs: list[tuple[int, tuple[int, ...]]] = []
+        self._closed = False
+        try:
+            self._build()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    # -- construction -----------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg = self.config
+        st = self._stack
+        self.kvm = st.enter_context(Kvm())
+        self.vm = st.enter_context(self.kvm.create_vm())
+        self.memory = st.enter_context(GuestMemory(cfg.memory))
+        for r in self.memory.regions:
+            self.vm.set_user_memory_region(r.slot, r.gpa, r.size, r.host_addr)
+        # Slots go before the RAM they point at is unmapped.
+        st.callback(self._delete_slots)
+        self.vm.set_tss_addr(TSS_ADDR)
+        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
+
+        self.pio_bus = Bus("pio", size=0x10000, strict=cfg.strict_io)
+        self.mmio_bus = Bus("mmio", strict=cfg.strict_io)
+        self._add_devices()
+
+        self._load()
+
+        supported = self.kvm.get_supported_cpuid()
+        for i in range(cfg.vcpus):
+            vcpu = st.enter_context(self.vm.create_vcpu(i))
+            vcpu.set_cpuid2(vcpu_cpuid(supported, i))
+            self.vcpus.append(vcpu)
+        self._boot(self.vcpus[0])
+
+    def _delete_slots(self) -> None:
+        for r in self.memory.regions:
+            try:
+                self.vm.set_user_memory_region(r.slot, r.gpa, 0, 0)
+            except KvmError:
+                pass
+
+    def _add_devices(self) -> None:
+        """All device registration happens here, so the buses' layout is in one place."""
+        from ..vsp.serial import Serial16550
+        cfg = self.config
+        vm = self.vm
+
+        def com1_irq(level: bool) -> None:
+            vm.irq_line(COM1_IRQ, 1 if level else 0)
+
+        self.serial = self._stack.enter_context(
+            Serial16550(irq=com1_irq, output=cfg.serial_out, capture=True))
+        self.pio_bus.insert(self.serial, COM1_BASE, 8)
+        if cfg.serial_stdin:
+            self.serial.start_stdin_reader(sys.stdin.fileno())
+        for d in cfg.devices:
+            bus = {"pio": self.pio_bus, "mmio": self.mmio_bus}.get(d.bus)
+            if bus is None:
+                raise ValueError(f"unknown bus {d.bus!r} (pio or mmio)")
+            bus.insert(d.device, d.base, d.length)
+
+    def _load(self) -> None:
+        cfg = self.config
+        if cfg.image is not None:
+            self.image = load_elf(Path(cfg.image), self.memory.contains)
+            self.symbols = self.image.symbols
+            place_image(self.image, self.memory)
+        else:
+            if not self.memory.contains(cfg.raw_gpa, len(cfg.raw)):
+                raise ValueError(f"raw code at {cfg.raw_gpa:#x}+{len(cfg.raw):#x} is outside RAM")
+            self.memory.write(cfg.raw_gpa, cfg.raw)
+
+    def _boot(self, bsp) -> None:
+        cfg = self.config
+        sregs, regs = bsp.get_sregs(), bsp.get_regs()
+        if self.image is not None:
+            info = write_start_info(self.memory, cfg.cmdline)
+            if self.image.pvh_entry is not None:
+                bootcpu.setup_protected_mode(sregs, regs, self.image.pvh_entry, info, self.memory)
+            else:
+                bootcpu.setup_long_mode(sregs, regs, self.memory, self.image.entry,
+                                        DIRECT_BOOT_STACK, info)
+        elif cfg.raw_mode == "real":
+            if cfg.raw_gpa >= 0x100000 or cfg.raw_gpa % 16:
+                raise ValueError("real-mode code must sit below 1 MiB on a 16-byte boundary")
+            bootcpu.setup_real_mode(sregs, regs, cfg.raw_gpa >> 4, 0)
+        elif cfg.raw_mode == "protected":
+            bootcpu.setup_protected_mode(sregs, regs, cfg.raw_gpa, 0, self.memory)
+        else:
+            bootcpu.setup_long_mode(sregs, regs, self.memory, cfg.raw_gpa, DIRECT_BOOT_STACK, 0)
+        bsp.set_sregs(sregs)
+        bsp.set_regs(regs)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> "ChildPartition":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop vCPU threads and release everything. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        threads = getattr(self, "_threads", [])
+        for t in threads:
+            t.stop_requested = True
+            t.kick()
+        for t in threads:
+            if t.thread is not None:
+                t.thread.join(timeout=5)
+        self._stack.close()
+
+    def request_stop(self, reason: str, status: str = "pass") -> None:
+        """End the run from the host side (a device or callback decided the guest is done)."""
+        self._finish(RunResult(status, reason))
+
+    def symbolize(self, addr: int) -> str:
+        """``name+0xoff`` for a guest address, from the image's symbol table."""
+        return self.symbols.symbolize(addr)
+
+    # -- callbacks from vCPU threads -------------------------------------------------------------
+
+    def _finish(self, result: RunResult, who: VcpuThread | None = None) -> None:
+        with self._result_lock:
+            if self._result is None:
+                self._result = result
+        self._done.set()
+
+    def _log(self, index: int, text: str) -> None:
+        line = text[:512]
+        self._logs.append(line)
+        if self.config.on_log is not None:
+            self.config.on_log(index, line)
+        elif self.config.serial_out is not None:
+            out = self.config.serial_out
+            out.write(f"[guest log vCPU{index}] {line}\n".encode())
+            out.flush()
+
+    def _sync(self, index: int, uc) -> None:
+        self._syncs.append((index, uc.args))
+        if self.config.on_sync is not None and self.config.on_sync(index, uc) == "stop":
+            self._finish(RunResult("pass", f"stopped by the host at SYNC {uc.args[0]}"))
+            raise _Stop
+
+    def _check_all_stopped(self) -> None:
+        threads = self._threads
+        if threads and all(t.state in ("halted", "wait-sipi", "done", "stopped") for t in threads) \
+                and any(t.state == "halted" for t in threads):
+            bsp = threads[0]
+            where = bsp.snapshot_where()
+            self._finish(RunResult(
+                "stopped", f"guest stopped: every vCPU halted with interrupts off before done() "
+                           f"(vCPU0 at RIP {where.get('rip', 0):#x} <{where.get('symbol', '?')}>)"))
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run the partition until the guest finishes, fails, stops or times out.
+
+        ``timeout`` overrides the config's. The result carries the outcome, exit counts per vCPU
+        and ring, where each vCPU was, and the serial output.
+        """
+        if self._closed:
+            raise RuntimeError("partition is closed")
+        if getattr(self, "_threads", None):
+            raise RuntimeError("a partition runs once; build a new one")
+        timeout = timeout if timeout is not None else self.config.timeout
+        if not install_kick_handler():
+            log.warning("kick signal handler not installed (run() outside the main thread "
+                        "before any partition ran in it): stalled vCPUs cannot be probed")
+        self._threads = [VcpuThread(self, v) for v in self.vcpus]
+        t0 = time.monotonic()
+        deadline = t0 + timeout if timeout else None
+        for t in self._threads:
+            t.start()
+        probe = self.config.stall_probe
+        try:
+            while not self._done.is_set():
+                wait = 0.05 if probe else 0.5
+                if deadline is not None:
+                    wait = max(0.0, min(wait, deadline - time.monotonic()))
+                if self._done.wait(wait):
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self._finish(RunResult("timeout", f"guest ran past the {timeout:g} s timeout"))
+                    break
+                if probe:
+                    self._probe_stalled(now, probe)
+                if all(t.thread is not None and not t.thread.is_alive() for t in self._threads):
+                    self._finish(RunResult("host-error", "every vCPU thread ended without an outcome"))
+        except KeyboardInterrupt:
+            self._finish(RunResult("host-error", "interrupted"))
+        wall_ms = (time.monotonic() - t0) * 1000
+        for t in self._threads:
+            t.stop_requested = True
+            t.kick()
+        for t in self._threads:
+            t.thread.join(timeout=5)
+            if t.thread.is_alive():
+                log.error("vCPU%d thread did not stop", t.index)
+        result = self._result
+        result.wall_ms = wall_ms
+        result.exits = {t.index: {k: {"ring0": v[0], "ring3": v[1]} for k, v in t.exits.items()}
+                        for t in self._threads}
+        result.vcpu_state = {t.index: t.where or {"state": t.state} for t in self._threads}
+        if result.status == "timeout":
+            lines = [f"vCPU{i}: {w.get('state')} at RIP {w.get('rip', 0):#x} <{w.get('symbol', '?')}>"
+                     f" ring {w.get('ring', '?')}" for i, w in result.vcpu_state.items()]
+            bsp = result.vcpu_state.get(0, {})
+            result.reason += (f"; vCPU0 was at RIP {bsp.get('rip', 0):#x} "
+                              f"<{bsp.get('symbol', '?')}> in ring {bsp.get('ring', '?')}")
+            result.detail = "\n".join(lines)
+        result.serial = self.serial.captured() if self.serial is not None else b""
+        result.logs = list(self._logs)
+        result.syncs = list(self._syncs)
+        if self.serial is not None:
+            self.serial.flush()
+        return result
+
+    def _probe_stalled(self, now: float, probe: float) -> None:
+        stalled = [t for t in self._threads
+                   if t.thread.is_alive() and now - t.last_exit > probe and not t.probe_requested]
+        for t in stalled:
+            t.probe_requested = True
+            t.kick()
+        if stalled:
+            self._probe_done.wait(0.05)
+            self._probe_done.clear()
+            self._check_all_stopped()
+
+
+def vcpu_cpuid(supported, index: int):
+    """KVM's supported CPUID with this vCPU's APIC ID in leaves 0x1, 0xB and 0x1F."""
+    n = supported.nent
+    cpuid = abi.make_kvm_cpuid2(n)
+    for i in range(n):
+        e = supported.entries[i]
+        ctypes.memmove(ctypes.addressof(cpuid.entries[i]), ctypes.addressof(e), ctypes.sizeof(e))
+        ent = cpuid.entries[i]
+        if ent.function == 1:
+            ent.ebx = (ent.ebx & 0x00FFFFFF) | ((index & 0xFF) << 24)
+        elif ent.function in (0xB, 0x1F):
+            ent.edx = index
+    cpuid.nent = n
+    return cpuid
