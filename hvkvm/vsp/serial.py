@@ -412,21 +412,21 @@ class Serial16550:
         """Feed host input to the receiver, raising the RX interrupt as the FIFO fills.
 
         Bytes beyond the FIFO's room wait in the host backlog and follow as the guest reads
-        (never an overrun). While loopback is on, input waits. Beyond ``backlog_limit`` waiting
-        bytes, the excess is dropped, counted in :attr:`input_dropped` and logged once.
+        (never an overrun). While loopback is on, input waits. Once ``backlog_limit`` bytes are
+        waiting, newer bytes are dropped, counted in :attr:`input_dropped` and logged once.
         """
         with self._lock:
-            room = self._backlog_limit - len(self._backlog)
-            if len(data) > room:
-                dropped = len(data) - max(room, 0)
-                self.input_dropped += dropped
-                data = data[:max(room, 0)]
+            # The FIFO takes its share first; the limit bounds only what is left waiting.
+            self._backlog += data
+            self._pump_backlog()
+            excess = len(self._backlog) - self._backlog_limit
+            if excess > 0:
+                del self._backlog[self._backlog_limit:]
+                self.input_dropped += excess
                 if not self._input_drop_logged:
                     self._input_drop_logged = True
                     log.warning("%s: input backlog full; dropped %d bytes (logged once)",
-                                self.name, dropped)
-            self._backlog += data
-            self._pump_backlog()
+                                self.name, excess)
             self._update_irq()
 
     def inject_rx(self, data: bytes) -> None:
