@@ -117,8 +117,10 @@ def access_fix(path: str, err: int) -> tuple[str, str]:
     return (f"{path}: {os.strerror(err)}", "check that KVM works on this host (dmesg | grep kvm)")
 
 
-def kvm_usable(path: str = KVM_PATH) -> tuple[bool, str]:
+def kvm_usable(path: str | None = None) -> tuple[bool, str]:
     """(True, "") when /dev/kvm can be opened read-write, else (False, reason with fix)."""
+    from .kvm.system import kvm_device_path
+    path = path or kvm_device_path()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
@@ -196,8 +198,10 @@ def timing_probe(timeout: float = 20.0) -> dict:
             "ratio": round(r0 / r3, 1) if r3 > 0 else None}
 
 
-def diagnose(path: str = KVM_PATH, probe: bool = True) -> Report:
+def diagnose(path: str | None = None, probe: bool = True) -> Report:
     """Examine the machine and return a :class:`Report`."""
+    from .kvm.system import kvm_device_path
+    path = path or kvm_device_path()
     rep = Report(device=path)
     rep.modules = loaded_kvm_modules()
     rep.vendor, rep.cpu_model, flags = cpu_info()

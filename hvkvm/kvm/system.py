@@ -13,10 +13,16 @@ from .errors import KvmError, KvmUnavailable
 DEFAULT_PATH = "/dev/kvm"
 
 
+def kvm_device_path() -> str:
+    """The KVM device to open: ``$HVKVM_KVM_DEVICE`` or ``/dev/kvm``."""
+    return os.environ.get("HVKVM_KVM_DEVICE", DEFAULT_PATH)
+
+
 class Kvm:
     """An open ``/dev/kvm``; owns the fd (idempotent :meth:`close`, ``with`` support)."""
 
-    def __init__(self, path: str = DEFAULT_PATH):
+    def __init__(self, path: str | None = None):
+        path = path or kvm_device_path()
         self.path = path
         self.fd = -1
         try:

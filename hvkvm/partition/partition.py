@@ -30,7 +30,7 @@ from ..kvm import abi
 from ..kvm.errors import KvmError
 from ..kvm.system import Kvm
 from ..memory import GuestMemory, GuestMemoryError
-from .bus import Bus
+from .bus import Bus, BusError
 from .config import PartitionConfig
 from .result import RunResult
 from .ucall import (UCALL_ASSERT, UCALL_DONE, UCALL_FAULT, UCALL_LOG, UCALL_PORT, UCALL_SYNC,
@@ -162,7 +162,7 @@ class VcpuThread:
                 self._handle(reason, run)
         except _Stop:
             pass
-        except (UcallError, GuestMemoryError) as e:
+        except (UcallError, GuestMemoryError, BusError) as e:
             p._finish(RunResult("guest-error", f"vCPU{self.index}: {e}"), self)
         except KvmError as e:
             p._finish(RunResult("host-error", f"vCPU{self.index}: {e}"), self)

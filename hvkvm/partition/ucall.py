@@ -95,3 +95,14 @@ def read_ucall(memory, gpa: int) -> Ucall:
     except GuestMemoryError as e:
         raise UcallError(f"ucall struct at GPA {gpa:#x}: {e}") from None
     return decode(raw)
+
+
+def encode(cmd: int, args: tuple[int, ...] = (), *, vcpu: int = 0, ring: int = 0, line: int = 0,
+           file: str = "", msg: str = "", frame: dict[str, int] | None = None,
+           gprs: dict[str, int] | None = None, magic: int = UCALL_MAGIC) -> bytes:
+    """Build a ``struct hv_ucall`` as a guest would (tests, fuzzing, host-built probes)."""
+    a = (tuple(args) + (0,) * 6)[:6]
+    fr = [(frame or {}).get(n, 0) for n in FRAME_NAMES]
+    gp = [(gprs or {}).get(n, 0) for n in GPR_NAMES]
+    return _HEAD.pack(magic, cmd, vcpu, ring, *a, line, 0, file.encode()[:127],
+                      msg.encode()[:511], *fr, *gp)
