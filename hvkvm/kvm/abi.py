@@ -781,10 +781,28 @@ class kvm_irq_routing_msi(ctypes.Structure):
     ]
 
 
+class kvm_irq_routing_s390_adapter(ctypes.Structure):
+    """GSI route to an s390 adapter interrupt (not used on x86; it sets the union's alignment)."""
+
+    _fields_ = [
+        ("ind_addr", u64),
+        ("summary_addr", u64),
+        ("ind_offset", u64),
+        ("summary_offset", u32),
+        ("adapter_id", u32),
+    ]
+
+
 class kvm_irq_routing_hv_sint(ctypes.Structure):
     """GSI route to a Hyper-V SynIC SINT (needs KVM's own Hyper-V emulation)."""
 
     _fields_ = [("vcpu", u32), ("sint", u32)]
+
+
+class kvm_irq_routing_xen_evtchn(ctypes.Structure):
+    """GSI route to a Xen event channel (needs KVM's Xen emulation)."""
+
+    _fields_ = [("port", u32), ("vcpu", u32), ("priority", u32)]
 
 
 KVM_IRQ_ROUTING_IRQCHIP = 1
@@ -795,12 +813,14 @@ KVM_IRQ_ROUTING_XEN_EVTCHN = 5
 
 
 class _kvm_irq_routing_entry_u(ctypes.Union):
-    """kvm_irq_routing_entry.u (s390 adapter and Xen event-channel members omitted; pad fixes the size)."""
+    """kvm_irq_routing_entry.u (8-byte aligned because of the s390 adapter member)."""
 
     _fields_ = [
         ("irqchip", kvm_irq_routing_irqchip),
         ("msi", kvm_irq_routing_msi),
+        ("adapter", kvm_irq_routing_s390_adapter),
         ("hv_sint", kvm_irq_routing_hv_sint),
+        ("xen_evtchn", kvm_irq_routing_xen_evtchn),
         ("pad", u32 * 8),
     ]
 
@@ -1122,14 +1142,18 @@ class _kvm_run_mmio(ctypes.Structure):
 
 
 class _kvm_run_hypercall(ctypes.Structure):
-    """kvm_run.hypercall (KVM_EXIT_HYPERCALL)."""
+    """kvm_run.hypercall (KVM_EXIT_HYPERCALL).
+
+    The 6.1 header ends this struct with ``__u32 longmode; __u32 pad;``; later kernels make it
+    ``union { __u32 longmode; __u64 flags; }``. ``pad``/``flags`` are left out so that this
+    definition is true for both (the struct stays 72 bytes, 8-byte aligned).
+    """
 
     _fields_ = [
         ("nr", u64),
         ("args", u64 * 6),
         ("ret", u64),
         ("longmode", u32),
-        ("pad", u32),
     ]
 
 
@@ -1583,7 +1607,8 @@ KVM_STRUCTS: tuple[type, ...] = (
     kvm_coalesced_mmio_zone, kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_translation,
     kvm_interrupt, kvm_dirty_log, kvm_clear_dirty_log, kvm_signal_mask, kvm_mp_state,
     kvm_ioeventfd, kvm_enable_cap, kvm_irq_routing_irqchip, kvm_irq_routing_msi,
-    kvm_irq_routing_hv_sint, kvm_irq_routing_entry, kvm_irq_routing, kvm_irqfd, kvm_clock_data,
+    kvm_irq_routing_s390_adapter, kvm_irq_routing_hv_sint, kvm_irq_routing_xen_evtchn,
+    kvm_irq_routing_entry, kvm_irq_routing, kvm_irqfd, kvm_clock_data,
     kvm_msi, kvm_device_attr, kvm_dirty_gfn, kvm_stats_header, kvm_stats_desc, kvm_hyperv_exit,
     kvm_run,
 )
