@@ -193,3 +193,25 @@ def test_exit_counts_say_which_ring_the_exits_came_from(make_partition):
     r = part.run()
     assert r.passed, r.reason
     assert r.exit_totals()["mmio"] == {"ring0": 0, "ring3": 2}
+
+
+def test_handlers_set_guest_registers_through_sync_regs(make_partition):
+    from hvkvm.partition.partition import current_vcpu_thread
+
+    class RegDevice:
+        """Reading port 0x5a0 also sets RBX to RCX * 2 for the guest (a hypercall in miniature)."""
+
+        def read(self, offset, data):
+            t = current_vcpu_thread()
+            t.set_regs(rbx=t.get_reg("rcx") * 2)
+            data[:] = bytes(len(data))
+
+        def write(self, offset, data):
+            pass
+
+    src = (f"mov $21, %rcx\nxor %ebx, %ebx\nmov $0x5a0, %dx\nin %dx, %al\nmov %rbx, {SCRATCH:#x}\n"
+           + ucall_out("long", UCALL) + "1: jmp 1b")
+    p, r = run_raw(make_partition, "long", src, ucalls=[(UCALL, encode(UCALL_DONE, (0,)))],
+                   devices=[DeviceSpec("pio", 0x5A0, 1, RegDevice())])
+    assert r.passed, r.reason
+    assert p.memory.read_u64(SCRATCH) == 42
