@@ -105,7 +105,12 @@ class GuestMemory:
         for r in self.regions:
             r._buf = None
         if self._mm is not None:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:
+                # A caller still holds a view of guest RAM: the mapping is released when the last
+                # view goes; the memfd is closed now and no new access is possible (_mm is None).
+                pass
             self._mm = None
         if self.memfd >= 0:
             os.close(self.memfd)

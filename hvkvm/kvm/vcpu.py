@@ -37,7 +37,12 @@ class Vcpu:
         """Unmap kvm_run and close the fd. Safe to call twice."""
         self.run_struct = None
         if self._mm is not None:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:
+                # Someone still holds a kvm_run view; the mapping goes when they drop it. The fd
+                # closes now, so the vCPU itself is released either way.
+                pass
             self._mm = None
         if self.fd >= 0:
             os.close(self.fd)
