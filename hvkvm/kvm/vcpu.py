@@ -171,3 +171,7 @@ class Vcpu:
     def get_stats_fd(self) -> int:
         """KVM_GET_STATS_FD: the vCPU's binary statistics fd (caller owns it)."""
         return ioctl(self.fd, "KVM_GET_STATS_FD", abi.KVM_GET_STATS_FD, 0)
+
+    def get_tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ: the guest TSC frequency in kHz."""
+        return ioctl(self.fd, "KVM_GET_TSC_KHZ", abi.KVM_GET_TSC_KHZ, 0)

@@ -135,3 +135,23 @@ class Vm:
             vcpu.close()
             raise
         return vcpu
+
+    def set_msr_filter(self, ranges: list[tuple[int, int, int, bytes]],
+                       default_deny: bool = False) -> None:
+        """KVM_X86_SET_MSR_FILTER: ``ranges`` of (flags, base, nmsrs, bitmap); a 0 bit denies.
+
+        Denied accesses exit to userspace when KVM_CAP_X86_USER_SPACE_MSR has
+        KVM_MSR_EXIT_REASON_FILTER enabled.
+        """
+        filt = abi.kvm_msr_filter(flags=abi.KVM_MSR_FILTER_DEFAULT_DENY if default_deny
+                                  else abi.KVM_MSR_FILTER_DEFAULT_ALLOW)
+        keep = []
+        for i, (flags, base, nmsrs, bitmap) in enumerate(ranges):
+            if len(bitmap) * 8 < nmsrs:
+                raise ValueError("MSR filter bitmap shorter than its range")
+            buf = ctypes.create_string_buffer(bytes(bitmap), len(bitmap))
+            keep.append(buf)
+            r = filt.ranges[i]
+            r.flags, r.base, r.nmsrs = flags, base, nmsrs
+            r.bitmap = ctypes.cast(buf, ctypes.c_void_p).value
+        ioctl(self.fd, "KVM_X86_SET_MSR_FILTER", abi.KVM_X86_SET_MSR_FILTER, ctypes.byref(filt))

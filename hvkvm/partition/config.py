@@ -70,6 +70,9 @@ class PartitionConfig:
     on_log: Callable | None = None
     #: Seconds a vCPU may go without an exit before it is probed for "halted, interrupts off".
     stall_probe: float = 0.5
+    #: Present the Hyper-V synthetic interface (CPUID leaves, synthetic MSRs, hypercall page,
+    #: SynIC) emulated in the parent, as VMBus guests need.
+    hyperv: bool = False
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for settings that cannot work."""

@@ -33,6 +33,7 @@ from ..memory import GuestMemory, GuestMemoryError
 from .bus import Bus, BusError
 from .config import PartitionConfig
 from .result import RunResult
+from ..hv.synic import HYPERCALL_PORT, SIGNAL_EVENT_PORT
 from .ucall import (UCALL_ASSERT, UCALL_DONE, UCALL_FAULT, UCALL_LOG, UCALL_PORT, UCALL_SYNC,
                     EXCEPTION_NAMES, UcallError, read_ucall)
 
@@ -259,12 +260,29 @@ class VcpuThread:
                 p._finish(RunResult("stopped", f"guest powered off ({kind})"), self)
                 raise _Stop
             self._crash(f"system event {kind}", run)
+        elif reason in (abi.KVM_EXIT_X86_RDMSR, abi.KVM_EXIT_X86_WRMSR):
+            self._msr(reason, run)
         elif reason == abi.KVM_EXIT_DEBUG:
             self._crash("debug exit with no debugger attached", run)
         elif reason in (abi.KVM_EXIT_IRQ_WINDOW_OPEN, abi.KVM_EXIT_UNKNOWN):
             pass
         else:
             self._crash(f"unhandled exit {name}", run)
+
+    def _msr(self, reason: int, run) -> None:
+        hv = self.partition.hv
+        m = run.msr
+        if hv is None or not hv.handles_msr(m.index):
+            m.error = 1  # #GP, as KVM would have raised for an MSR it does not know
+            return
+        if reason == abi.KVM_EXIT_X86_RDMSR:
+            value = hv.rdmsr(self.index, m.index)
+            if value is None:
+                m.error = 1
+            else:
+                m.data, m.error = value, 0
+        else:
+            m.error = 0 if hv.wrmsr(self.index, m.index, m.data) else 1
 
     def _crash(self, why: str, run) -> None:
         regs = self.registers()
@@ -288,8 +306,16 @@ class VcpuThread:
         view = memoryview(self.vcpu._mm)[off:off + n]
         try:
             is_write = io.direction == abi.KVM_EXIT_IO_OUT
+            hv = p.hv
             if port == UCALL_PORT and is_write and size == 4 and count == 1:
                 self._ucall(struct.unpack("<I", view)[0], run)
+            elif hv is not None and port == HYPERCALL_PORT and is_write and count == 1:
+                regs = run.s.regs.regs
+                self.set_regs(rax=hv.hypercall(self.index, regs.rcx, regs.rdx, regs.r8))
+            elif hv is not None and port == SIGNAL_EVENT_PORT and is_write and count == 1:
+                # No ioeventfd matched this connection id (or it has none yet).
+                conn = int.from_bytes(view[:4].tobytes().ljust(4, b"\0"), "little")
+                self.set_regs(rcx=hv.unknown_signal(conn))
             elif count == 1:
                 if is_write:
                     p.pio_bus.write(port, view)
@@ -404,11 +430,33 @@ class ChildPartition:
         self._load()
 
         supported = self.kvm.get_supported_cpuid()
+        if cfg.hyperv:
+            from ..hv.cpuid import apply_hyperv_leaves
+            supported = apply_hyperv_leaves(supported, cfg.vcpus)
         for i in range(cfg.vcpus):
             vcpu = st.enter_context(self.vm.create_vcpu(i))
             vcpu.set_cpuid2(vcpu_cpuid(supported, i))
             self.vcpus.append(vcpu)
+        self.hv = self._setup_hyperv() if cfg.hyperv else None
         self._boot(self.vcpus[0])
+
+    def _setup_hyperv(self):
+        """Trap the synthetic MSR range to userspace and build the parent's Hyper-V state."""
+        from ..hv.synic import HyperV
+        from ..hv.atomics import Atomics
+        vm = self.vm
+        # The filter makes KVM exit for 0x40000000-0x400000ff even on hosts whose KVM has its own
+        # Hyper-V emulation compiled in; UNKNOWN covers hosts without a filter match.
+        vm.enable_cap(abi.KVM_CAP_X86_USER_SPACE_MSR,
+                      abi.KVM_MSR_EXIT_REASON_FILTER | abi.KVM_MSR_EXIT_REASON_UNKNOWN)
+        vm.set_msr_filter([(abi.KVM_MSR_FILTER_READ | abi.KVM_MSR_FILTER_WRITE,
+                            0x40000000, 256, bytes(32))])
+        try:
+            tsc_hz = self.vcpus[0].get_tsc_khz() * 1000
+        except KvmError:
+            tsc_hz = 0
+        return HyperV(self.memory, len(self.vcpus), signal_msi=vm.signal_msi,
+                      atomics=Atomics(), tsc_hz=tsc_hz)
 
     def _delete_slots(self) -> None:
         for r in self.memory.regions:
