@@ -7,7 +7,7 @@
 #define HV_DEFS_H
 
 /* vCPUs: the index of a vCPU is its initial LAPIC ID; IDs >= HV_MAX_CPUS are parked. */
-#define HV_MAX_CPUS        32
+#define HV_MAX_CPUS        64
 
 /* Every stack (kernel, user, IST) is an HV_STACK_SIZE block aligned to its size. The lowest
  * bytes of the block hold a struct hv_stackinfo (vCPU index), found by masking RSP: this is how

@@ -4,14 +4,15 @@
  */
 #include "rt.h"
 
-/* The I/O permission bitmap ring 3 gets: a clear bit allows the port. 32-bit accesses check
- * every byte they touch, so 0xe8 and 0x5a0 open four ports each. */
+/* The I/O permission bitmap ring 3 gets (PROTOCOL.md): a clear bit allows the port. A 32-bit
+ * access checks all four bytes it touches, so each 32-bit port opens four. */
 #define IOPB_DENY_ALL [0 ... RT_IOPB_BYTES - 1] = 0xff
 #define IOPB_INIT                                                                   \
 	{                                                                           \
 		IOPB_DENY_ALL,                                                      \
 		[0x3f8 / 8] = 0x00,               /* 0x3f8-0x3ff: COM1 */           \
-		[0xe8 / 8] = 0xf0,                /* 0xe8-0xeb: ucall */            \
+		[0xe0 / 8] = 0x0f,                /* 0xe4-0xe7: HvSignalEvent kick */ \
+		[0xe8 / 8] = 0x00,                /* 0xe8-0xeb ucall, 0xec-0xef hypercall */ \
 		[0xf4 / 8] = 0xef,                /* 0xf4: QEMU exit */             \
 		[0x5a0 / 8] = 0xf0,               /* 0x5a0-0x5a3: null port */      \
 	}

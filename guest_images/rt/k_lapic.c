@@ -37,7 +37,10 @@ uint64_t hv_time_us(void)
 void hv_udelay(uint64_t us)
 {
 	uint64_t start = hv_time_us();
-	while (hv_time_us() - start < us)
+
+	/* Bounded by iterations too, in case the timer does not tick: each round reads the timer
+	 * (an exit, a microsecond or more). */
+	for (uint64_t i = 0; i < us + 1000 && hv_time_us() - start < us; i++)
 		hv_pause();
 }
 
@@ -65,7 +68,8 @@ unsigned hv_smp_wait(unsigned n, uint64_t timeout_us)
 	uint64_t start = hv_time_us();
 	unsigned online;
 
-	while ((online = hv_cpus_online()) < n && hv_time_us() - start < timeout_us)
+	for (uint64_t i = 0; (online = hv_cpus_online()) < n && i < timeout_us + 1000 &&
+			     hv_time_us() - start < timeout_us; i++)
 		hv_pause();
 	return online;
 }
