@@ -20,7 +20,7 @@ from hvkvm.images import ImageError
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
-REQUIRED_IMAGES = ["asserts", "exits", "fault", "hello", "smp", "ufault"]
+REQUIRED_IMAGES = ["asserts", "exits", "fault", "hello", "smp", "timer", "ufault"]
 
 PT_LOAD, PT_NOTE = 1, 4
 PF_X = 1
@@ -268,3 +268,94 @@ def test_gcc_missing(private_tree, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(ImageError, match="gcc not found"):
         images.build_image("hello")
+
+
+# ---------------------------------------------------------------------------------------------
+# The runtime's printf and command-line parser, compiled for the host and checked against libc.
+
+HARNESS = r"""
+#include <stdio.h>
+#include <string.h>
+#include <limits.h>
+#include "hv.h"
+
+static int failures;
+
+#define CHECK(fmt, ...) do {                                                         \
+	char ours[256], libc[256];                                                   \
+	int n1 = hv_snprintf(ours, sizeof ours, fmt, __VA_ARGS__);                   \
+	int n2 = snprintf(libc, sizeof libc, fmt, __VA_ARGS__);                      \
+	if (n1 != n2 || strcmp(ours, libc)) {                                        \
+		printf("MISMATCH %s: ours [%s] %d, libc [%s] %d\n", fmt, ours, n1, libc, n2); \
+		failures++;                                                          \
+	}                                                                            \
+} while (0)
+
+#define EXPECT(cond) do { if (!(cond)) { printf("FAILED %s (line %d)\n", #cond, __LINE__); failures++; } } while (0)
+
+static void set_cmdline(const char *s) { hv_strlcpy(hv_boot.cmdline, s, sizeof hv_boot.cmdline); }
+
+int main(void)
+{
+	char buf[64];
+
+	CHECK("%d %d %d %d", 0, -1, INT_MIN, INT_MAX);
+	CHECK("[%5d] [%-5d] [%05d] [%+d] [% d] [%+05d]", 42, 42, -42, 7, 7, -3);
+	CHECK("%i %u %u", -5, 0u, UINT_MAX);
+	CHECK("%x %X %08x %#x %#X %#o %o", 0xdeadbeefu, 0xabcu, 0x1fu, 255u, 255u, 8u, 0u);
+	CHECK("%lx %lu %ld", ULONG_MAX, ULONG_MAX, LONG_MIN);
+	CHECK("%llx %llu %lld %016llx", ULLONG_MAX, ULLONG_MAX, LLONG_MIN, 0x1234ULL);
+	CHECK("%hhd %hhu %hd %hu", 300, 300, 70000, 70000);
+	CHECK("%zu %zx %td %jd", (size_t)12345, (size_t)0xfff, (ptrdiff_t)-9, (intmax_t)-1);
+	CHECK("%.5d [%8.3d] [%-8.3d] [%.0d] [%.0x]", 42, 42, -42, 0, 0u);
+	CHECK("[%*d] [%-*d] [%.*d]", 6, 12, 6, 12, 4, 3);
+	CHECK("%s [%10s] [%-10s] [%.2s] [%*s]", "abc", "right", "left", "truncate", 4, "x");
+	CHECK("%c [%3c] [%-3c] %%", 'x', 'y', 'z');
+	CHECK("%p %p", (void *)0x1234, (void *)0xffffffffffffULL);
+	CHECK("%s", "");
+	CHECK("%s%s%d", "a", "b", 1);
+
+	/* truncation: NUL-terminated, returns the full length */
+	EXPECT(hv_snprintf(buf, 5, "%s", "abcdefgh") == 8 && !strcmp(buf, "abcd"));
+	EXPECT(hv_snprintf(buf, 1, "%d", 12345) == 5 && buf[0] == 0);
+	EXPECT(hv_snprintf(0, 0, "%d", 123) == 3);
+
+	set_cmdline("hello ring=0  count=0x10 size=4k kind=pio flag ring=3 empty= bad=12x");
+	EXPECT(hv_arg_u64("ring", 9) == 3);            /* the last one wins */
+	EXPECT(hv_arg_u64("count", 0) == 16);
+	EXPECT(hv_arg_u64("size", 0) == 4096);
+	EXPECT(hv_arg_u64("missing", 77) == 77);
+	EXPECT(hv_arg_u64("bad", 5) == 5);
+	EXPECT(hv_arg_u64("kind", 6) == 6);
+	EXPECT(hv_arg_is("kind", "pio") && !hv_arg_is("kind", "pi") && !hv_arg_is("kind", "pio2"));
+	EXPECT(hv_arg_present("flag") && hv_arg_present("hello") && hv_arg_present("empty"));
+	EXPECT(!hv_arg_present("fla") && !hv_arg_present("ring=0"));
+	EXPECT(hv_arg("flag", buf, sizeof buf) && buf[0] == 0);
+	EXPECT(hv_arg("empty", buf, sizeof buf) && buf[0] == 0);
+	EXPECT(hv_arg("kind", buf, 3) && !strcmp(buf, "pi"));
+	EXPECT(!hv_arg("nothing", buf, sizeof buf));
+	set_cmdline("");
+	EXPECT(!hv_arg_present("ring") && hv_arg_u64("ring", 3) == 3);
+
+	printf("%d failures\n", failures);
+	return failures != 0;
+}
+"""
+
+
+def test_runtime_printf_and_cmdline_match_libc(tmp_path):
+    root = images.GUEST_IMAGES_DIR
+    (tmp_path / "harness.c").write_text(HARNESS)
+    exe = tmp_path / "harness"
+    rt_flags = ["-O2", "-ffreestanding", "-fno-builtin", "-fno-tree-loop-distribute-patterns",
+                "-I", str(root / "include"), "-I", str(root / "rt")]
+    objs = []
+    for src in ("rt/u_printf.c", "rt/u_string.c", "rt/u_cmdline.c"):
+        obj = tmp_path / (Path(src).stem + ".o")
+        subprocess.run(["gcc", *rt_flags, "-c", str(root / src), "-o", str(obj)], check=True)
+        objs.append(str(obj))
+    subprocess.run(["gcc", "-O1", "-Wno-format", "-I", str(root / "include"), "-o", str(exe),
+                    str(tmp_path / "harness.c"), *objs], check=True)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 failures" in res.stdout

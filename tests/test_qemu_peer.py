@@ -157,6 +157,13 @@ def test_exits(accel, args):
     assert code == EXIT_DONE_0, out
 
 
+@pytest.mark.parametrize("accel", ACCELS)
+def test_timer_interrupts(accel):
+    code, out = run_qemu("timer", "ticks=5 period_us=1000", accel)
+    assert "timer: 6 interrupts (periodic every 1000 us, then one-shot)" in out, out
+    assert code == EXIT_DONE_0
+
+
 def test_exits_hlt_in_ring3_is_an_assert():
     code, out = run_qemu("exits", "kind=hlt ring=3", "tcg")
     assert "kind=hlt needs ring=0" in out

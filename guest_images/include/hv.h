@@ -297,10 +297,16 @@ typedef void (*hv_irq_handler_t)(unsigned vector, struct hv_regs *regs);
 void hv_irq_register(unsigned vector, hv_irq_handler_t fn);
 
 /* Time from this vCPU's LAPIC timer, run as a free counter (masked, one-shot, divide 16) since the
- * vCPU came up. Assumes the 1 GHz APIC bus of KVM and QEMU; saturates after ~68 s. Images that
- * program the LAPIC timer themselves lose this clock. */
+ * vCPU came up. Assumes the 1 GHz APIC bus of KVM and QEMU; saturates after ~68 s. While the
+ * timer is armed for interrupts (below) this clock does not run. */
 uint64_t hv_time_us(void);
 void hv_udelay(uint64_t us);
+
+/* Arm this vCPU's LAPIC timer to raise `vector` after `us` microseconds (then every `us` if
+ * periodic); register the handler with hv_irq_register() and run with IF=1 to take it.
+ * hv_lapic_timer_stop() masks it and restarts the free-running clock. */
+void hv_lapic_timer_arm(uint8_t vector, uint32_t us, bool periodic);
+void hv_lapic_timer_stop(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* SMP. Ring 0. */

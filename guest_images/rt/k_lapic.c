@@ -28,6 +28,22 @@ void rt_clock_init(void)
 	hv_lapic_write(HV_LAPIC_TIMER_INIT, 0xffffffffu);
 }
 
+void hv_lapic_timer_arm(uint8_t vector, uint32_t us, bool periodic)
+{
+	uint64_t ticks = (uint64_t)us * 1000 / 16;
+
+	hv_lapic_write(HV_LAPIC_TIMER_INIT, 0);
+	hv_lapic_write(HV_LAPIC_TIMER_DIV, 0x3);
+	hv_lapic_write(HV_LAPIC_LVT_TIMER, vector | (periodic ? 1u << 17 : 0));
+	hv_lapic_write(HV_LAPIC_TIMER_INIT, ticks > 0xffffffffu ? 0xffffffffu : ticks ? (uint32_t)ticks : 1);
+}
+
+void hv_lapic_timer_stop(void)
+{
+	hv_lapic_write(HV_LAPIC_TIMER_INIT, 0);
+	rt_clock_init();
+}
+
 uint64_t hv_time_us(void)
 {
 	uint64_t ticks = 0xffffffffu - hv_lapic_read(HV_LAPIC_TIMER_CUR);

@@ -17,6 +17,8 @@ static const char *find_arg(const char *key, size_t *vlen)
 	const char *s = hv_boot.cmdline, *found = 0;
 	size_t klen = strlen(key);
 
+	if (!klen || strchr(key, '=') || strchr(key, ' '))
+		return 0; /* not a key */
 	while (*s) {
 		const char *w, *e;
 
