@@ -1,0 +1,1 @@
+"""VMBus: Linux-wire-compatible channel messages, GPADLs, channels and rings (the parent side)."""

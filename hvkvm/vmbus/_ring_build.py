@@ -1,0 +1,226 @@
+"""cffi builder for ``hvkvm.vmbus._hvring``: csrc/vmbus_ring.c as an out-of-line API-mode extension.
+
+Built by ``pip install -e .`` through ``setup.py``'s ``cffi_modules``. The same C file is compiled,
+freestanding, into guest images; here it is built hosted (``HVR_HOSTED``: libc's memcpy).
+
+``HVKVM_SANITIZE=1`` adds ``-fsanitize=address,undefined`` (the interpreter then needs libasan
+preloaded); off by default.
+
+Run directly (``python hvkvm/vmbus/_ring_build.py``) to build the extension in place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cffi import FFI
+
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parent.parent
+_CSRC = _ROOT / "csrc"
+
+CDEF = r"""
+/* Linux's wire structures: '...' lets the compiler fill in the layout; cffi checks each named
+ * member's offset against the real header. */
+struct hv_ring_buffer {
+    uint32_t write_index;
+    uint32_t read_index;
+    uint32_t interrupt_mask;
+    uint32_t pending_send_sz;
+    uint32_t reserved1[12];
+    ...;
+};
+struct vmpacket_descriptor {
+    uint16_t type;
+    uint16_t offset8;
+    uint16_t len8;
+    uint16_t flags;
+    uint64_t trans_id;
+};
+struct vmtransfer_page_range {
+    uint32_t byte_count;
+    uint32_t byte_offset;
+};
+struct vmtransfer_page_packet_header {
+    struct vmpacket_descriptor d;
+    uint16_t xfer_pageset_id;
+    uint8_t sender_owns_set;
+    uint8_t reserved;
+    uint32_t range_cnt;
+    ...;
+};
+struct gpa_range {
+    uint32_t byte_count;
+    uint32_t byte_offset;
+    ...;
+};
+struct hv_mpb_array {
+    uint32_t len;
+    uint32_t offset;
+    ...;
+};
+struct vmbus_packet_mpb_array {
+    uint16_t type;
+    uint16_t dataoffset8;
+    uint16_t length8;
+    uint16_t flags;
+    uint64_t transactionid;
+    uint32_t reserved;
+    uint32_t rangecount;
+    struct hv_mpb_array range;
+    ...;
+};
+
+enum vmbus_packet_type {
+    VM_PKT_INVALID = 0, VM_PKT_SYNCH = 1, VM_PKT_ADD_XFER_PAGESET = 2, VM_PKT_RM_XFER_PAGESET = 3,
+    VM_PKT_ESTABLISH_GPADL = 4, VM_PKT_TEARDOWN_GPADL = 5, VM_PKT_DATA_INBAND = 6,
+    VM_PKT_DATA_USING_XFER_PAGES = 7, VM_PKT_DATA_USING_GPADL = 8,
+    VM_PKT_DATA_USING_GPA_DIRECT = 9, VM_PKT_CANCEL_REQUEST = 10, VM_PKT_COMP = 11,
+    VM_PKT_DATA_USING_ADDITIONAL_PKT = 12, VM_PKT_ADDITIONAL_DATA = 13
+};
+
+#define HVR_PAGE_SIZE ...
+#define HVR_FEAT_PENDING_SEND_SZ ...
+#define VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED ...
+#define VMBUS_PKT_TRAILER ...
+#define HVR_WRITE_INDEX_OFFSET ...
+#define HVR_READ_INDEX_OFFSET ...
+#define HVR_INTERRUPT_MASK_OFFSET ...
+#define HVR_PENDING_SEND_SZ_OFFSET ...
+#define HVR_FEATURE_BITS_OFFSET ...
+#define HVR_DOUBLE_MAPPED ...
+#define HVR_MAX_DATA_SIZE ...
+
+enum hvr_status {
+    HVR_OK = 0, HVR_EMPTY = -1, HVR_FULL = -2, HVR_EINVAL = -3, HVR_EBROKEN = -4, HVR_ERANGE = -5
+};
+enum hvr_broken {
+    HVR_BROKEN_NONE = 0, HVR_BROKEN_WRITE_INDEX = 1, HVR_BROKEN_READ_INDEX = 2,
+    HVR_BROKEN_AVAIL = 3, HVR_BROKEN_DESC_LENGTHS = 4, HVR_BROKEN_DESC_FLAGS = 5,
+    HVR_BROKEN_DESC_TYPE = 6, HVR_BROKEN_GPA_RANGES = 7, HVR_BROKEN_XFER_RANGES = 8
+};
+
+struct hvr_ring {
+    struct hv_ring_buffer *hdr;
+    uint8_t *data;
+    uint32_t size;
+    uint32_t double_mapped;
+    uint32_t broken;
+    uint32_t reserved;
+};
+struct hvr_out {
+    struct hvr_ring r;
+    uint32_t committed_in;
+    uint32_t next_in;
+    uint32_t cached_out;
+    uint32_t pending_set;
+};
+struct hvr_in {
+    struct hvr_ring r;
+    uint32_t committed_out;
+    uint32_t next_out;
+    uint32_t cached_in;
+    uint32_t reserved;
+};
+struct hvr_pkt {
+    uint16_t type;
+    uint16_t flags;
+    uint16_t offset8;
+    uint16_t len8;
+    uint64_t trans_id;
+    uint32_t offset;
+    uint32_t total;
+    uint32_t payload_off;
+    uint32_t payload_len;
+    uint32_t range_count;
+    uint16_t xfer_pageset_id;
+    uint8_t sender_owns_set;
+    uint8_t reserved;
+};
+struct hvr_iov {
+    const void *base;
+    uint32_t len;
+};
+struct hvr_gpa_iter {
+    uint32_t pos;
+    uint32_t left;
+};
+struct hvr_gpa_range {
+    uint32_t byte_count;
+    uint32_t byte_offset;
+    uint32_t pfn_count;
+    uint32_t pfn_off;
+};
+
+void hvr_ring_format(struct hv_ring_buffer *hdr);
+uint32_t hvr_packet_total(uint32_t hdr_len, uint32_t payload_len);
+uint32_t hvr_broken_reason(const struct hvr_ring *r);
+
+int hvr_out_attach(struct hvr_out *out, struct hv_ring_buffer *hdr, uint32_t size, uint32_t flags);
+int hvr_out_write(struct hvr_out *out, uint16_t type, uint16_t flags, uint64_t trans_id,
+                  uint32_t hdr_len, const struct hvr_iov *iov, uint32_t iovcnt);
+int hvr_out_write_inband(struct hvr_out *out, uint16_t flags, uint64_t trans_id,
+                         const void *payload, uint32_t len);
+int hvr_out_write_comp(struct hvr_out *out, uint64_t trans_id, const void *payload, uint32_t len);
+int hvr_out_commit(struct hvr_out *out);
+void hvr_out_revert(struct hvr_out *out);
+int hvr_out_free(struct hvr_out *out);
+int hvr_out_request_space(struct hvr_out *out, uint32_t total);
+void hvr_out_clear_pending(struct hvr_out *out);
+
+int hvr_in_attach(struct hvr_in *in, struct hv_ring_buffer *hdr, uint32_t size, uint32_t flags);
+int hvr_in_peek(struct hvr_in *in, struct hvr_pkt *pkt);
+int hvr_in_read(struct hvr_in *in, struct hvr_pkt *pkt);
+int hvr_in_copy(const struct hvr_in *in, const struct hvr_pkt *pkt, uint32_t off, void *dst,
+                uint32_t len);
+const void *hvr_in_ptr(const struct hvr_in *in, const struct hvr_pkt *pkt, uint32_t off,
+                       uint32_t len);
+const void *hvr_in_payload(const struct hvr_in *in, const struct hvr_pkt *pkt, uint32_t *len);
+int hvr_in_gpa_range(const struct hvr_in *in, const struct hvr_pkt *pkt, struct hvr_gpa_iter *it,
+                     struct hvr_gpa_range *range);
+int hvr_in_commit(struct hvr_in *in);
+void hvr_in_revert(struct hvr_in *in);
+int hvr_in_avail(struct hvr_in *in);
+void hvr_in_set_interrupt_mask(struct hvr_in *in, uint32_t mask);
+int hvr_in_unmask(struct hvr_in *in);
+"""
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it (setuptools prefers
+    relative source paths), else absolute."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _compile_args() -> list[str]:
+    args = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]
+    if os.environ.get("HVKVM_SANITIZE") == "1":
+        args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    return args
+
+
+def _link_args() -> list[str]:
+    return ["-fsanitize=address,undefined"] if os.environ.get("HVKVM_SANITIZE") == "1" else []
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "hvkvm.vmbus._hvring",
+    '#include "vmbus_ring.h"\n',
+    sources=[_rel(_CSRC / "vmbus_ring.c")],
+    include_dirs=[_rel(_CSRC)],
+    define_macros=[("HVR_HOSTED", "1")],
+    extra_compile_args=_compile_args(),
+    extra_link_args=_link_args(),
+    depends=[_rel(_CSRC / "vmbus_ring.h")],
+)
+
+if __name__ == "__main__":
+    # In-place build for development: writes hvkvm/vmbus/_hvring*.so next to this file.
+    os.chdir(_ROOT)
+    ffibuilder.compile(tmpdir=str(_ROOT), verbose=True)
