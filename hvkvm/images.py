@@ -35,9 +35,13 @@ __all__ = [
     "resolve_image",
 ]
 
-#: The ``guest_images/`` directory next to the ``hvkvm`` package (``$HVKVM_GUEST_IMAGES``, read at
-#: each call, overrides it; see :func:`guest_images_dir`).
-GUEST_IMAGES_DIR: Path = Path(__file__).resolve().parent.parent / "guest_images"
+#: The guest image sources: ``$HVKVM_GUEST_IMAGES`` if set at import, else the ``guest_images/``
+#: directory next to the ``hvkvm`` package. The functions here re-read the variable at each call
+#: (see :func:`guest_images_dir`).
+GUEST_IMAGES_DIR: Path = (Path(os.environ["HVKVM_GUEST_IMAGES"]).resolve()
+                          if os.environ.get("HVKVM_GUEST_IMAGES")
+                          else Path(__file__).resolve().parent.parent / "guest_images")
+_DEFAULT_GUEST_IMAGES_DIR = Path(__file__).resolve().parent.parent / "guest_images"
 
 #: Bump when the way images are built changes in a way the hashed inputs do not show.
 _RECIPE_VERSION = "1"
@@ -66,10 +70,10 @@ class ImageError(Exception):
 
 
 def guest_images_dir() -> Path:
-    """The guest image source tree in use: ``$HVKVM_GUEST_IMAGES`` if set, else
-    :data:`GUEST_IMAGES_DIR`."""
+    """The guest image source tree in use now: ``$HVKVM_GUEST_IMAGES`` if set, else the
+    ``guest_images/`` directory next to the package."""
     env = os.environ.get("HVKVM_GUEST_IMAGES")
-    return Path(env).resolve() if env else GUEST_IMAGES_DIR
+    return Path(env).resolve() if env else _DEFAULT_GUEST_IMAGES_DIR
 
 
 def cache_dir() -> Path:
@@ -138,11 +142,18 @@ def _find_gcc() -> str:
     return gcc
 
 
-def _first_error(stderr: str) -> str:
+def _first_error(stderr: str, tmp: Path | None = None) -> str:
+    """The line of gcc/ld output that says what went wrong (not gcc's closing
+    ``collect2: error: ld returned 1 exit status``), with the build directory's path cut."""
+    if tmp is not None:
+        stderr = stderr.replace(f"{tmp}{os.sep}", "")
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for ln in lines:
-        if "error" in ln.lower():
-            return ln
+    lines = [ln for ln in lines if not ln.startswith("collect2:")]
+    for keys in ((": error:", "fatal error", "undefined reference", "multiple definition",
+                  "cannot find", "assertion failed", "will not fit"), ("error",)):
+        for ln in lines:
+            if any(k in ln for k in keys):
+                return ln
     return lines[0] if lines else "no output"
 
 
@@ -229,7 +240,7 @@ def build_image(name: str, force: bool = False) -> Path:
         res = subprocess.run([gcc, *_LDFLAGS, "-o", str(elf), *map(str, objs)], cwd=root,
                              capture_output=True, text=True)
         if res.returncode != 0:
-            raise ImageError(f"cannot link image {name!r}: {_first_error(res.stderr)}")
+            raise ImageError(f"cannot link image {name!r}: {_first_error(res.stderr, tmp)}")
         os.replace(elf, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
