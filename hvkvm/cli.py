@@ -104,8 +104,14 @@ def cmd_run(args) -> int:
         path = resolve_image(args.image)
     except ImageError as e:
         raise UsageError(str(e)) from None
-    name = os.path.splitext(os.path.basename(str(path)))[0]
-    cmdline = args.cmdline if args.cmdline is not None else name
+    if args.cmdline is not None:
+        cmdline = args.cmdline
+    else:
+        # A built-in image is called by its name; a file by its base name. Guests that start
+        # their APs learn how many to expect from cpus=N.
+        name = args.image if not os.path.exists(args.image) else \
+            os.path.splitext(os.path.basename(args.image))[0]
+        cmdline = name + (f" cpus={args.vcpus}" if args.vcpus > 1 else "")
     out, close_out = _open_serial(args.serial, args.json)
     cfg = PartitionConfig(image=path, memory=args.memory, vcpus=args.vcpus, cmdline=cmdline,
                           serial_out=out, timeout=args.timeout, strict_io=args.strict_io,
