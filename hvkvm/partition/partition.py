@@ -539,6 +539,25 @@ class ChildPartition:
                 t.thread.join(timeout=5)
         self._stack.close()
 
+    def register_signal(self, connection_id: int, eventfd: int) -> None:
+        """HvSignalEvent on ``connection_id`` signals ``eventfd`` inside KVM (no userspace exit).
+
+        The hypercall stub's fast path writes the connection id to the signal port; a KVM
+        ioeventfd with that datamatch completes the write in the kernel.
+        """
+        if self.hv is None:
+            raise RuntimeError("partition has no Hyper-V interface (PartitionConfig.hyperv)")
+        self.vm.ioeventfd(eventfd, SIGNAL_EVENT_PORT, 4, datamatch=connection_id,
+                          flags=abi.KVM_IOEVENTFD_FLAG_PIO | abi.KVM_IOEVENTFD_FLAG_DATAMATCH)
+        self.hv.register_event(connection_id, eventfd)
+
+    def unregister_signal(self, connection_id: int, eventfd: int) -> None:
+        """Undo :meth:`register_signal`."""
+        self.hv.unregister_event(connection_id)
+        self.vm.ioeventfd(eventfd, SIGNAL_EVENT_PORT, 4, datamatch=connection_id,
+                          flags=abi.KVM_IOEVENTFD_FLAG_PIO | abi.KVM_IOEVENTFD_FLAG_DATAMATCH |
+                          abi.KVM_IOEVENTFD_FLAG_DEASSIGN)
+
     def request_stop(self, reason: str, status: str = "pass") -> None:
         """End the run from the host side (a device or callback decided the guest is done)."""
         self._finish(RunResult(status, reason))

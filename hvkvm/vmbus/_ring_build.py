@@ -207,17 +207,24 @@ def _link_args() -> list[str]:
     return ["-fsanitize=address,undefined"] if os.environ.get("HVKVM_SANITIZE") == "1" else []
 
 
+#: SynIC updates the parent makes atomically on guest RAM (csrc/hv_synic.c).
+CDEF_SYNIC = r"""
+void hvr_event_set_bit(volatile uint32_t *flags, uint32_t bit);
+uint32_t hvr_message_mark_pending(volatile void *slot);
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
+ffibuilder.cdef(CDEF_SYNIC)
 ffibuilder.set_source(
     "hvkvm.vmbus._hvring",
-    '#include "vmbus_ring.h"\n',
-    sources=[_rel(_CSRC / "vmbus_ring.c")],
+    '#include "vmbus_ring.h"\n#include "hv_synic.h"\n',
+    sources=[_rel(_CSRC / "vmbus_ring.c"), _rel(_CSRC / "hv_synic.c")],
     include_dirs=[_rel(_CSRC)],
     define_macros=[("HVR_HOSTED", "1")],
     extra_compile_args=_compile_args(),
     extra_link_args=_link_args(),
-    depends=[_rel(_CSRC / "vmbus_ring.h")],
+    depends=[_rel(_CSRC / "vmbus_ring.h"), _rel(_CSRC / "hv_synic.h")],
 )
 
 if __name__ == "__main__":
