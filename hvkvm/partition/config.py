@@ -73,6 +73,8 @@ class PartitionConfig:
     #: Present the Hyper-V synthetic interface (CPUID leaves, synthetic MSRs, hypercall page,
     #: SynIC) emulated in the parent, as VMBus guests need.
     hyperv: bool = False
+    #: VMBus device providers (hvkvm.vmbus.server.Vsp) to offer; implies ``hyperv``.
+    vsps: list = field(default_factory=list)
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for settings that cannot work."""

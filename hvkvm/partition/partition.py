@@ -430,6 +430,8 @@ class ChildPartition:
         self._load()
 
         supported = self.kvm.get_supported_cpuid()
+        if cfg.vsps:
+            cfg.hyperv = True
         if cfg.hyperv:
             from ..hv.cpuid import apply_hyperv_leaves
             supported = apply_hyperv_leaves(supported, cfg.vcpus)
@@ -438,6 +440,13 @@ class ChildPartition:
             vcpu.set_cpuid2(vcpu_cpuid(supported, i))
             self.vcpus.append(vcpu)
         self.hv = self._setup_hyperv() if cfg.hyperv else None
+        self.vmbus = None
+        if self.hv is not None:
+            from ..vmbus.server import VmbusServer
+            # Closed before RAM goes (ExitStack unwinds in reverse): rings live in guest RAM.
+            self.vmbus = st.enter_context(contextlib.closing(VmbusServer(self)))
+            for vsp in cfg.vsps:
+                self.vmbus.add_vsp(vsp)
         self._boot(self.vcpus[0])
 
     def _setup_hyperv(self):

@@ -1,0 +1,68 @@
+"""The echo VSP: every in-band packet the guest sends comes back with the same payload and
+trans_id. A Python data plane: the reference the C paths and the benchmarks compare against."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from ..vmbus.ring import VM_PKT_DATA_INBAND, packet_total
+from ..vmbus.server import OpenChannel, Vsp
+
+#: hvkvm's echo device class (not a Hyper-V device; guest_images/images/vmbus_echo finds it).
+HVKVM_ECHO_GUID = uuid.UUID("9d3c5b4e-6f0a-4c8e-b1d2-6876766b6563")
+
+
+class EchoVsp(Vsp):
+    """Echoes in-band packets; counts packets, bytes and ring errors."""
+
+    class_id = HVKVM_ECHO_GUID
+    name = "echo"
+
+    def __init__(self, instance_id: uuid.UUID | None = None):
+        self.instance_id = instance_id or uuid.uuid4()
+        self.packets = 0
+        self.bytes = 0
+        self.dropped = 0
+        self.broken: str | None = None
+        self._lock = threading.Lock()
+
+    def started(self, channel: OpenChannel) -> None:
+        """Serve anything the guest queued before the open completed."""
+        self.on_signal(channel)
+
+    def on_signal(self, channel: OpenChannel) -> None:
+        """Drain the guest's ring, echoing each in-band packet; stop while our ring is full."""
+        from ..vmbus.ring import RingBrokenError
+        inr, outr = channel.inring, channel.outring
+        with self._lock:
+            try:
+                while True:
+                    moved = False
+                    while True:
+                        pkt = inr.peek()
+                        if pkt is None:
+                            break
+                        if pkt.type == VM_PKT_DATA_INBAND:
+                            if not outr.write(pkt.payload, trans_id=pkt.trans_id):
+                                # Our ring is full: ask the guest to signal when it has read
+                                # enough (pending_send_sz), and leave this packet for then.
+                                if outr.request_space(packet_total(len(pkt.payload))):
+                                    continue
+                                break
+                            self.packets += 1
+                            self.bytes += len(pkt.payload)
+                        else:
+                            self.dropped += 1
+                        inr.read()
+                        moved = True
+                    if outr.commit():
+                        channel.signal_guest()
+                    if inr.commit():
+                        channel.signal_guest()
+                    if not moved or inr.available() == 0:
+                        break
+            except RingBrokenError as e:
+                # A corrupt ring closes nothing else: this channel stops being served.
+                self.broken = str(e)
+                channel.server.channels._error("ring", f"relid {channel.relid}: {e}")
