@@ -768,6 +768,18 @@ struct vmbus_channel_packet_multipage_buffer {
 	struct hv_multipage_buffer range;
 } HV_PACKED;
 
+/* Sizes Linux's binaries have (tests/test_linux_conformance.py checks every member). */
+_Static_assert(sizeof(struct hv_message) == HV_MESSAGE_SIZE, "hv_message");
+_Static_assert(sizeof(struct hv_message_page) == 4096, "hv_message_page");
+_Static_assert(sizeof(union hv_synic_event_flags) == 256, "hv_synic_event_flags");
+_Static_assert(sizeof(struct hv_input_post_message) == 256, "hv_input_post_message");
+_Static_assert(sizeof(struct hv_monitor_page) == 4096, "hv_monitor_page");
+_Static_assert(sizeof(struct vmbus_channel_offer_channel) == 196, "vmbus_channel_offer_channel");
+_Static_assert(sizeof(struct vmbus_channel_open_channel) == 148, "vmbus_channel_open_channel");
+_Static_assert(sizeof(struct vmbus_channel_gpadl_header) == 20, "vmbus_channel_gpadl_header");
+_Static_assert(sizeof(struct vmbus_channel_initiate_contact) == 40, "vmbus_channel_initiate_contact");
+_Static_assert(sizeof(struct vmbus_channel_version_response) == 16, "vmbus_channel_version_response");
+
 #undef HV_PACKED
 
 #endif /* HVKVM_VMBUS_PROTO_H */

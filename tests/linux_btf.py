@@ -30,6 +30,13 @@ API::
     btf.module_aliases("hv_netvsc")            # ["vmbus:635161f83edfc546913ff2d2f965ed0e"]
     struct_layout("hv_vmbus", "hv_ring_buffer")   # module-level shortcut on the cached instance
 
+In a test module::
+
+    from linux_btf import linux_btf_fixture  # noqa: F401  (provides the fixture ``linux_btf``)
+
+    def test_vstor_packet(linux_btf):
+        assert linux_btf.struct_layout("hv_storvsc", "vstor_packet").size == ...
+
 ``module`` is a module name (``hv_vmbus``, ``hv_netvsc``, ``hv_storvsc``, ...) or ``None`` for the
 base vmlinux BTF; a name looked up in a module is searched in the module's own types first and then
 in vmlinux (which is where e.g. ``hv_message`` and ``guid_t`` live). Anonymous struct/union members
@@ -721,8 +728,8 @@ def skip_requested() -> bool:
 try:  # the pytest fixture (this module is also usable without pytest)
     import pytest
 
-    @pytest.fixture(scope="session")
-    def linux_btf() -> LinuxBtf:
+    @pytest.fixture(scope="session", name="linux_btf")
+    def linux_btf_fixture() -> LinuxBtf:
         """Session-wide LinuxBtf. Unavailable BTF fails the test, or skips it under HVKVM_SKIP_BTF=1."""
         if skip_requested():
             pytest.skip(f"{_SKIP_ENV}=1: Linux BTF conformance checks skipped on request")

@@ -328,6 +328,8 @@ HVMSG_X64_LEGACY_FP_ERROR = hv_message_type.HVMSG_X64_LEGACY_FP_ERROR
 
 
 class _hv_message_flags_bits(Structure):
+    """The anonymous bit-field struct of hv_message_flags."""
+
     _pack_ = 1
     _fields_ = [("msg_pending", u8, 1), ("reserved", u8, 7)]
 
@@ -340,6 +342,8 @@ class hv_message_flags(Union):
 
 
 class _hv_port_id_u(Structure):
+    """hv_port_id.u: the 24-bit id."""
+
     _pack_ = 1
     _fields_ = [("id", u32, 24), ("reserved", u32, 8)]
 
@@ -351,6 +355,8 @@ class hv_port_id(Union):
 
 
 class _hv_message_header_sender(Union):
+    """The anonymous sender/port union of hv_message_header."""
+
     _fields_ = [("sender", u64), ("port", hv_port_id)]
 
 
@@ -369,6 +375,8 @@ class hv_message_header(Structure):
 
 
 class _hv_message_u(Union):
+    """hv_message.u: the payload."""
+
     _fields_ = [("payload", u64 * HV_MESSAGE_PAYLOAD_QWORD_COUNT)]
 
 
@@ -393,6 +401,8 @@ class hv_synic_event_flags(Union):
 
 
 class _hv_synic_scontrol_bits(Structure):
+    """The anonymous bit-field struct of hv_synic_scontrol."""
+
     _pack_ = 1
     _fields_ = [("enable", u64, 1), ("reserved", u64, 63)]
 
@@ -405,6 +415,8 @@ class hv_synic_scontrol(Union):
 
 
 class _hv_synic_sint_bits(Structure):
+    """The anonymous bit-field struct of hv_synic_sint."""
+
     _pack_ = 1
     _fields_ = [("vector", u64, 8), ("reserved1", u64, 8), ("masked", u64, 1),
                 ("auto_eoi", u64, 1), ("polling", u64, 1), ("reserved2", u64, 45)]
@@ -418,6 +430,8 @@ class hv_synic_sint(Union):
 
 
 class _hv_synic_simp_bits(Structure):
+    """The anonymous bit-field struct of hv_synic_simp."""
+
     _pack_ = 1
     _fields_ = [("simp_enabled", u64, 1), ("preserved", u64, 11), ("base_simp_gpa", u64, 52)]
 
@@ -430,6 +444,8 @@ class hv_synic_simp(Union):
 
 
 class _hv_synic_siefp_bits(Structure):
+    """The anonymous bit-field struct of hv_synic_siefp."""
+
     _pack_ = 1
     _fields_ = [("siefp_enabled", u64, 1), ("preserved", u64, 11), ("base_siefp_gpa", u64, 52)]
 
@@ -442,6 +458,8 @@ class hv_synic_siefp(Union):
 
 
 class _hv_x64_msr_hypercall_contents_bits(Structure):
+    """The anonymous bit-field struct of hv_x64_msr_hypercall_contents."""
+
     _pack_ = 1
     _fields_ = [("enable", u64, 1), ("reserved", u64, 11), ("guest_physical_address", u64, 52)]
 
@@ -454,6 +472,8 @@ class hv_x64_msr_hypercall_contents(Union):
 
 
 class _hv_connection_id_u(Structure):
+    """hv_connection_id.u: the 24-bit id."""
+
     _fields_ = [("id", u32, 24), ("reserved", u32, 8)]
 
 
@@ -478,6 +498,8 @@ class hv_input_post_message(Structure):
 # Monitor pages (the initiate-contact message names two; monitored channels use them)
 
 class _hv_monitor_trigger_state_bits(Structure):
+    """The anonymous bit-field struct of hv_monitor_trigger_state."""
+
     _fields_ = [("group_enable", u32, 4), ("rsvdz", u32, 28)]
 
 
@@ -489,6 +511,8 @@ class hv_monitor_trigger_state(Union):
 
 
 class _hv_monitor_trigger_group_words(Structure):
+    """The anonymous pending/armed struct of hv_monitor_trigger_group."""
+
     _fields_ = [("pending", u32), ("armed", u32)]
 
 
@@ -735,14 +759,20 @@ class vmbus_channel_version_supported(Structure):
 
 
 class _vmbus_channel_offer_std(Structure):
+    """vmbus_channel_offer.u.std: user data of a non-pipe offer."""
+
     _fields_ = [("user_def", u8 * MAX_USER_DEFINED_BYTES)]
 
 
 class _vmbus_channel_offer_pipe(Structure):
+    """vmbus_channel_offer.u.pipe: pipe mode and user data of a pipe offer."""
+
     _fields_ = [("pipe_mode", u32), ("user_def", u8 * MAX_PIPE_USER_DEFINED_BYTES)]
 
 
 class _vmbus_channel_offer_u(Union):
+    """vmbus_channel_offer.u."""
+
     _fields_ = [("std", _vmbus_channel_offer_std), ("pipe", _vmbus_channel_offer_pipe)]
 
 
@@ -764,11 +794,15 @@ class vmbus_channel_offer(Structure):
 
 
 class _vmbus_channel_offer_channel_u8_bits(Structure):
+    """monitor_allocated/reserved: the u8 bit-fields of vmbus_channel_offer_channel."""
+
     _pack_ = 1
     _fields_ = [("monitor_allocated", u8, 1), ("reserved", u8, 7)]
 
 
 class _vmbus_channel_offer_channel_u16_bits(Structure):
+    """is_dedicated_interrupt/reserved1: the u16 bit-fields of vmbus_channel_offer_channel."""
+
     _pack_ = 1
     _fields_ = [("is_dedicated_interrupt", u16, 1), ("reserved1", u16, 15)]
 
@@ -894,10 +928,14 @@ class vmbus_channel_relid_released(Structure):
 
 
 class _vmbus_channel_initiate_contact_sint(Structure):
+    """The anonymous msg_sint struct of vmbus_channel_initiate_contact (protocol >= 5.0)."""
+
     _fields_ = [("msg_sint", u8), ("padding1", u8 * 3), ("padding2", u32)]
 
 
 class _vmbus_channel_initiate_contact_u(Union):
+    """The anonymous interrupt_page/msg_sint union of vmbus_channel_initiate_contact."""
+
     _anonymous_ = ("_s",)
     _fields_ = [("interrupt_page", u64), ("_s", _vmbus_channel_initiate_contact_sint)]
 
@@ -992,10 +1030,14 @@ VM_PKT_ADDITIONAL_DATA = vmbus_packet_type.VM_PKT_ADDITIONAL_DATA
 
 
 class _hv_ring_buffer_feature_bits_s(Structure):
+    """The anonymous bit-field struct of hv_ring_buffer.feature_bits."""
+
     _fields_ = [("feat_pending_send_sz", u32, 1)]
 
 
 class _hv_ring_buffer_feature_bits(Union):
+    """hv_ring_buffer.feature_bits: feat_pending_send_sz / value."""
+
     _anonymous_ = ("_s",)
     _fields_ = [("_s", _hv_ring_buffer_feature_bits_s), ("value", u32)]
 
