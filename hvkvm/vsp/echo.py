@@ -60,7 +60,7 @@ class EchoVsp(Vsp):
                         channel.signal_guest()
                     if inr.commit():
                         channel.signal_guest()
-                    if not moved or inr.available() == 0:
+                    if not moved or inr.available == 0:
                         break
             except RingBrokenError as e:
                 # A corrupt ring closes nothing else: this channel stops being served.
