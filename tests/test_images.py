@@ -20,7 +20,7 @@ from hvkvm.images import ImageError
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
-REQUIRED_IMAGES = ["asserts", "exits", "fault", "hello", "smp", "timer", "ufault"]
+REQUIRED_IMAGES = ["asserts", "exits", "fault", "hello", "serial_irq", "smp", "timer", "ufault"]
 
 PT_LOAD, PT_NOTE = 1, 4
 PF_X = 1

@@ -9,7 +9,7 @@
  *   - "any ring": the protocol (hv_log, hv_sync, HV_ASSERT*, hv_done), printing, strings,
  *     command line, hv_cpu/hv_ring, port I/O to the allowed ports. This code lives in the
  *     user-accessible region (files named u_*.c) so ring-3 tasks can call it.
- *   - "ring 0": everything else (LAPIC, SMP, IRQs, hv_run_user, hv_user_map, time).
+ *   - "ring 0": everything else (LAPIC, IOAPIC, SMP, IRQs, hv_run_user, hv_user_map, time).
  *
  * See guest_images/README.md for the layout and guest_images/PROTOCOL.md for the host contract.
  */
@@ -307,6 +307,23 @@ void hv_udelay(uint64_t us);
  * hv_lapic_timer_stop() masks it and restarts the free-running clock. */
 void hv_lapic_timer_arm(uint8_t vector, uint32_t us, bool periodic);
 void hv_lapic_timer_stop(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* IOAPIC (MMIO at 0xfec00000). Ring 0, one vCPU at a time with IF=0 (IOREGSEL/IOWIN pairs). */
+
+#define HV_IOAPIC_ID        0x00
+#define HV_IOAPIC_VERSION   0x01  /* bits 23:16: number of redirection entries - 1 */
+#define HV_IOAPIC_REDTBL(gsi) (0x10 + 2 * (gsi)) /* low word; the high word (dest << 24) is +1 */
+/* Redirection entry flags (fixed delivery, physical destination when none are given). */
+#define HV_IOAPIC_LOW       (1u << 13) /* polarity active low (default: active high) */
+#define HV_IOAPIC_LEVEL     (1u << 15) /* level-triggered (default: edge) */
+#define HV_IOAPIC_MASKED    (1u << 16)
+
+uint32_t hv_ioapic_read(uint32_t reg);
+void hv_ioapic_write(uint32_t reg, uint32_t v);
+/* Route `gsi` to `vector` on the LAPIC with APIC ID `dest`, fixed delivery, physical mode;
+ * flags: HV_IOAPIC_LEVEL, HV_IOAPIC_LOW, HV_IOAPIC_MASKED. Register the vector's handler first. */
+void hv_ioapic_route(unsigned gsi, uint8_t vector, unsigned dest, uint32_t flags);
 
 /* ------------------------------------------------------------------------------------------ */
 /* SMP. Ring 0. */
