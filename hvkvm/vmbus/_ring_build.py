@@ -228,6 +228,10 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    # In-place build for development: writes hvkvm/vmbus/_hvring*.so next to this file.
-    os.chdir(_ROOT)
-    ffibuilder.compile(tmpdir=str(_ROOT), verbose=True)
+    # Rebuild in place for development exactly as ``pip install -e .`` does (same file name, so
+    # no second, shadowing copy appears; objects go to build/).
+    import subprocess
+    import sys
+
+    raise SystemExit(subprocess.call([sys.executable, "setup.py", "build_ext", "--inplace"],
+                                     cwd=_ROOT))
