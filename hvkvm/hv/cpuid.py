@@ -10,28 +10,14 @@ import ctypes
 import struct
 
 from ..kvm import abi
+from ..vmbus.wire import (HV_ACCESS_FREQUENCY_MSRS, HV_DEPRECATING_AEOI_RECOMMENDED,
+                          HV_FEATURE_FREQUENCY_MSRS_AVAILABLE, HV_MSR_HYPERCALL_AVAILABLE,
+                          HV_MSR_SYNIC_AVAILABLE, HV_MSR_VP_INDEX_AVAILABLE, HV_POST_MESSAGES,
+                          HV_SIGNAL_EVENTS, HYPERV_CPUID_ENLIGHTMENT_INFO, HYPERV_CPUID_FEATURES,
+                          HYPERV_CPUID_IMPLEMENT_LIMITS, HYPERV_CPUID_INTERFACE,
+                          HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS, HYPERV_CPUID_VERSION)
 
-HV_CPUID_VENDOR_AND_MAX_FUNCTIONS = 0x40000000
-HV_CPUID_INTERFACE = 0x40000001
-HV_CPUID_VERSION = 0x40000002
-HV_CPUID_FEATURES = 0x40000003
-HV_CPUID_ENLIGHTMENT_INFO = 0x40000004
-HV_CPUID_IMPLEMENT_LIMITS = 0x40000005
-HV_CPUID_MAX = 0x4000000A
-
-# 0x40000003 EAX: partition privileges (low half of HV_PARTITION_PRIVILEGE_MASK).
-HV_MSR_SYNIC_AVAILABLE = 1 << 2
-HV_MSR_HYPERCALL_AVAILABLE = 1 << 5
-HV_MSR_VP_INDEX_AVAILABLE = 1 << 6
-HV_ACCESS_FREQUENCY_MSRS = 1 << 11
-# 0x40000003 EBX: high half of the privilege mask.
-HV_POST_MESSAGES = 1 << 4
-HV_SIGNAL_EVENTS = 1 << 5
-# 0x40000003 EDX: features.
-HV_FEATURE_FREQUENCY_MSRS_AVAILABLE = 1 << 8
-# 0x40000004 EAX: recommendations.
-HV_DEPRECATING_AEOI_RECOMMENDED = 1 << 9
-
+HV_CPUID_MAX = 0x4000000A          # the last leaf hvkvm fills (zeros past IMPLEMENT_LIMITS)
 HV_SPINLOCK_NEVER_NOTIFY = 0xFFFFFFFF
 
 
@@ -43,19 +29,19 @@ def hyperv_leaves(max_vps: int) -> dict[int, tuple[int, int, int, int]]:
     """function -> (eax, ebx, ecx, edx) for the Hyper-V leaves."""
     ebx, ecx, edx = _sig(b"Microsoft Hv")
     leaves = {
-        HV_CPUID_VENDOR_AND_MAX_FUNCTIONS: (HV_CPUID_MAX, ebx, ecx, edx),
-        HV_CPUID_INTERFACE: (struct.unpack("<I", b"Hv#1")[0], 0, 0, 0),
+        HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS: (HV_CPUID_MAX, ebx, ecx, edx),
+        HYPERV_CPUID_INTERFACE: (struct.unpack("<I", b"Hv#1")[0], 0, 0, 0),
         # Build 19041, version 10.0 (what Windows 10 2004 reports; Linux only logs it).
-        HV_CPUID_VERSION: (19041, (10 << 16) | 0, 0, 0),
-        HV_CPUID_FEATURES: (HV_MSR_SYNIC_AVAILABLE | HV_MSR_HYPERCALL_AVAILABLE |
-                            HV_MSR_VP_INDEX_AVAILABLE | HV_ACCESS_FREQUENCY_MSRS,
-                            HV_POST_MESSAGES | HV_SIGNAL_EVENTS, 0,
-                            HV_FEATURE_FREQUENCY_MSRS_AVAILABLE),
-        HV_CPUID_ENLIGHTMENT_INFO: (HV_DEPRECATING_AEOI_RECOMMENDED, HV_SPINLOCK_NEVER_NOTIFY,
-                                    0, 0),
-        HV_CPUID_IMPLEMENT_LIMITS: (max_vps, max_vps, 0, 0),
+        HYPERV_CPUID_VERSION: (19041, (10 << 16) | 0, 0, 0),
+        HYPERV_CPUID_FEATURES: (HV_MSR_SYNIC_AVAILABLE | HV_MSR_HYPERCALL_AVAILABLE |
+                                HV_MSR_VP_INDEX_AVAILABLE | HV_ACCESS_FREQUENCY_MSRS,
+                                HV_POST_MESSAGES | HV_SIGNAL_EVENTS, 0,
+                                HV_FEATURE_FREQUENCY_MSRS_AVAILABLE),
+        HYPERV_CPUID_ENLIGHTMENT_INFO: (HV_DEPRECATING_AEOI_RECOMMENDED,
+                                        HV_SPINLOCK_NEVER_NOTIFY, 0, 0),
+        HYPERV_CPUID_IMPLEMENT_LIMITS: (max_vps, max_vps, 0, 0),
     }
-    for fn in range(HV_CPUID_IMPLEMENT_LIMITS + 1, HV_CPUID_MAX + 1):
+    for fn in range(HYPERV_CPUID_IMPLEMENT_LIMITS + 1, HV_CPUID_MAX + 1):
         leaves[fn] = (0, 0, 0, 0)
     return leaves
 
