@@ -24,10 +24,8 @@ skips the Linux side explicitly (Python against C still runs).
 from __future__ import annotations
 
 import ctypes
-import enum
 import gzip
 import lzma
-import os
 import re
 import shutil
 import subprocess
