@@ -220,6 +220,45 @@ def test_a_burst_to_a_draining_reader_raises_far_fewer_signals_than_packets(setu
     assert host_signals < 400 / 2, host_signals
 
 
+@pytest.mark.kvm
+@pytest.mark.parametrize("plane", ["python", "c"])
+def test_echo_planes_serve_a_fake_guest_in_a_real_partition(make_partition, plane):
+    """A real partition (KVM VM, irqfd routes, ioeventfds) whose vCPU never runs: the fake guest
+    drives the bus from Python, and the C plane's interrupts land on the guest's event flag."""
+    from hvkvm.partition.config import PartitionConfig
+    echo = EchoVsp(plane=plane, spin_us=20)
+    part = make_partition(PartitionConfig(raw=b"\xeb\xfe", raw_mode="long", hyperv=True,
+                                          vsps=[echo]))
+    guest = FakeGuest(part)
+    offer = connect_and_open(guest)
+    ch = part.vmbus.channels.channels[offer.child_relid]
+    efd = ch.transport.eventfd
+    send = RingMapping.from_guest(part.memory, [RING_GPA // 4096 + i for i in range(4)],
+                                  double=False)
+    recv = RingMapping.from_guest(part.memory, [RING_GPA // 4096 + 4 + i for i in range(4)],
+                                  double=False)
+    out, inn = OutRing(send), InRing(recv)
+    try:
+        for n, size in enumerate([1, 100, 2000, 5000, 8, 3000, 7000, 16] * 5):
+            payload = bytes((n * 7 + i) & 0xFF for i in range(size))
+            assert out.write(payload, trans_id=1000 + n)
+            if out.commit():
+                os.eventfd_write(efd, 1)
+            assert wait_for(lambda: inn.available > 0), f"no echo for packet {n}"
+            pkt = inn.read()
+            if inn.commit():
+                os.eventfd_write(efd, 1)
+            assert (pkt.trans_id, pkt.payload[:size]) == (1000 + n, payload)
+        flags = int.from_bytes(part.memory.read(SIEFP + 2 * 256, 4), "little")
+        assert flags & (1 << offer.child_relid)
+    finally:
+        send.close()
+        recv.close()
+    if plane == "c":
+        stats = echo.planes[offer.child_relid].stats
+        assert stats["packets"] == 40 and stats["signals"] > 0
+
+
 def test_close_channel_stops_the_vsp_and_unregisters_the_signal(setup):
     part, server, echo, guest = setup
     offer = connect_and_open(guest)

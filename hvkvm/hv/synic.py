@@ -128,6 +128,9 @@ class HyperV:
         self.hypercall_msr = 0
         self.lock = threading.RLock()
         self.post_handlers: dict[int, PostHandler] = {}
+        #: Called as ``listener(vp, sint)`` after the guest rewrote a SINT or its SIEFP page
+        #: (irqfd routes and C data planes follow the guest's vector and pages).
+        self.sint_listeners: list[Callable[[int, int], None]] = []
         self._events: dict[int, int] = {}
         self.stats = {"post_message": 0, "signal_event_exit": 0, "sint_interrupts": 0,
                       "messages_queued": 0, "messages_dropped": 0, "bad_hypercalls": 0,
@@ -191,9 +194,14 @@ class HyperV:
                 return self._write_hypercall_msr(value)
             if index == HV_X64_MSR_SCONTROL:
                 s.scontrol = value & HV_SYNIC_CONTROL_ENABLE
+                for listener in self.sint_listeners:
+                    listener(vp, -1)
                 return True
             if index == HV_X64_MSR_SIEFP:
-                return self._set_page(s, "siefp", value)
+                ok = self._set_page(s, "siefp", value)
+                for listener in self.sint_listeners:
+                    listener(vp, -1)
+                return ok
             if index == HV_X64_MSR_SIMP:
                 ok = self._set_page(s, "simp", value)
                 if ok:
@@ -209,10 +217,13 @@ class HyperV:
                 if not value & HV_SYNIC_SINT_MASKED and vector < 16:
                     self.stats["msr_gp"] += 1
                     return False  # TLFS: vectors 0-15 are reserved
-                s.sints[index - HV_X64_MSR_SINT0] = value & (
+                sint = index - HV_X64_MSR_SINT0
+                s.sints[sint] = value & (
                     HV_SYNIC_SINT_VECTOR_MASK | HV_SYNIC_SINT_MASKED | HV_SYNIC_SINT_AUTO_EOI |
                     HV_SYNIC_SINT_POLLING)
-                self._drain_pending(s, index - HV_X64_MSR_SINT0)
+                self._drain_pending(s, sint)
+                for listener in self.sint_listeners:
+                    listener(vp, sint)
                 return True
         self.stats["msr_gp"] += 1
         self._warn_once(f"wr{index:x}", f"guest wrote unknown or read-only synthetic MSR "
@@ -350,10 +361,11 @@ class HyperV:
         self.signal_msi(MSI_ADDRESS_BASE | (s.index << 12), value & HV_SYNIC_SINT_VECTOR_MASK)
 
     def sint_msi(self, vp: int, sint: int) -> tuple[int, int] | None:
-        """(address, data) of the MSI for a SINT, or None while it is masked (for irqfd routes)."""
+        """(address, data) of the MSI for a SINT, or None while it cannot interrupt (masked, or
+        the SynIC disabled) - for irqfd routes."""
         s = self.vps[vp]
         value = s.sints[sint]
-        if value & HV_SYNIC_SINT_MASKED:
+        if value & HV_SYNIC_SINT_MASKED or not s.enabled:
             return None
         return MSI_ADDRESS_BASE | (s.index << 12), value & HV_SYNIC_SINT_VECTOR_MASK
 

@@ -155,3 +155,7 @@ class Vm:
             r.flags, r.base, r.nmsrs = flags, base, nmsrs
             r.bitmap = ctypes.cast(buf, ctypes.c_void_p).value
         ioctl(self.fd, "KVM_X86_SET_MSR_FILTER", abi.KVM_X86_SET_MSR_FILTER, ctypes.byref(filt))
+
+    def irqfd_deassign(self, fd: int, gsi: int) -> None:
+        """KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: unbind ``fd`` from ``gsi``."""
+        self.irqfd(fd, gsi, flags=abi.KVM_IRQFD_FLAG_DEASSIGN)

@@ -422,6 +422,8 @@ class ChildPartition:
         self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         self.vm.create_irqchip()
         self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
+        from .irq import MsiRouter
+        self.msi_routes = MsiRouter(self.vm)
 
         self.pio_bus = Bus("pio", size=0x10000, strict=cfg.strict_io)
         self.mmio_bus = Bus("mmio", strict=cfg.strict_io)

@@ -213,18 +213,44 @@ void hvr_event_set_bit(volatile uint32_t *flags, uint32_t bit);
 uint32_t hvr_message_mark_pending(volatile void *slot);
 """
 
+#: The C data plane: a host thread per channel (csrc/hvr_plane.c).
+CDEF_PLANE = r"""
+struct hvr_plane_stats {
+    uint64_t packets; uint64_t bytes; uint64_t kicks; uint64_t sleeps; uint64_t signals;
+    uint64_t full_waits; uint64_t batches;
+};
+struct hvr_plane {
+    struct hvr_plane_stats stats;
+    int error;
+    uint32_t broken;
+    ...;
+};
+typedef int (*hvr_plane_handler)(struct hvr_plane *p, const struct hvr_pkt *pkt);
+int hvr_plane_init(struct hvr_plane *p, struct hv_ring_buffer *in_hdr, uint32_t in_size,
+                   struct hv_ring_buffer *out_hdr, uint32_t out_size, uint32_t flags, int kick_fd,
+                   int irq_fd, volatile uint32_t *event_flags, volatile uint32_t *irq_enabled,
+                   uint32_t relid, uint32_t spin_us, hvr_plane_handler handler, void *ctx);
+int hvr_plane_start(struct hvr_plane *p);
+void hvr_plane_stop(struct hvr_plane *p);
+void hvr_plane_signal_guest(struct hvr_plane *p);
+int hvr_echo_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.cdef(CDEF_SYNIC)
+ffibuilder.cdef(CDEF_PLANE)
 ffibuilder.set_source(
     "hvkvm.vmbus._hvring",
-    '#include "vmbus_ring.h"\n#include "hv_synic.h"\n',
-    sources=[_rel(_CSRC / "vmbus_ring.c"), _rel(_CSRC / "hv_synic.c")],
+    '#include "vmbus_ring.h"\n#include "hv_synic.h"\n#include "hvr_plane.h"\n',
+    sources=[_rel(_CSRC / "vmbus_ring.c"), _rel(_CSRC / "hv_synic.c"),
+             _rel(_CSRC / "hvr_plane.c")],
     include_dirs=[_rel(_CSRC)],
     define_macros=[("HVR_HOSTED", "1")],
     extra_compile_args=_compile_args(),
     extra_link_args=_link_args(),
-    depends=[_rel(_CSRC / "vmbus_ring.h"), _rel(_CSRC / "hv_synic.h")],
+    depends=[_rel(_CSRC / "vmbus_ring.h"), _rel(_CSRC / "hv_synic.h"),
+             _rel(_CSRC / "hvr_plane.h")],
 )
 
 if __name__ == "__main__":

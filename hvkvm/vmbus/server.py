@@ -34,6 +34,9 @@ class Vsp:
     instance_id: uuid.UUID | None = None
     user_defined: bytes = b""
     name = "vsp"
+    #: True: the notifier thread calls :meth:`on_signal` when the guest kicks. A VSP whose data
+    #: plane is C sets False and hands ``channel.eventfd`` to its thread instead.
+    python_signals = True
 
     def offer(self) -> Offer:
         """The channel offer for this VSP."""
@@ -204,7 +207,7 @@ class VmbusServer:
             if status != 0:
                 raise _Refused(status)
             self.partition.register_signal(ch.connection_id, efd)
-            if ch.vsp is not None:
+            if ch.vsp is not None and ch.vsp.python_signals:
                 self.notifier.add(efd, lambda: self._signalled(ch, oc))
             return 0, oc
         except _Refused as r:

@@ -14,22 +14,55 @@ HVKVM_ECHO_GUID = uuid.UUID("9d3c5b4e-6f0a-4c8e-b1d2-6876766b6563")
 
 
 class EchoVsp(Vsp):
-    """Echoes in-band packets; counts packets, bytes and ring errors."""
+    """Echoes in-band packets; counts packets, bytes and ring errors.
+
+    ``plane="python"`` serves the channel from the notifier thread (one Python call per guest
+    kick); ``plane="c"`` hands it to a C data-plane thread (``csrc/hvr_plane.c``) that polls
+    under load and never enters Python. ``partition`` is needed for the C plane (irqfd routes).
+    """
 
     class_id = HVKVM_ECHO_GUID
     name = "echo"
 
-    def __init__(self, instance_id: uuid.UUID | None = None):
+    def __init__(self, instance_id: uuid.UUID | None = None, plane: str = "python",
+                 spin_us: int = 50):
+        if plane not in ("python", "c"):
+            raise ValueError(f"echo plane must be python or c, not {plane!r}")
         self.instance_id = instance_id or uuid.uuid4()
+        self.plane = plane
+        self.python_signals = plane == "python"
+        self.spin_us = spin_us
         self.packets = 0
         self.bytes = 0
         self.dropped = 0
         self.broken: str | None = None
+        self.planes: dict[int, object] = {}
+        self.closed_stats: list[dict] = []
         self._lock = threading.Lock()
 
+    def open(self, channel: OpenChannel) -> int:
+        """Build the C plane (not started: no signal may precede OPENCHANNEL_RESULT)."""
+        if self.plane == "c":
+            from ..vmbus.plane import CDataPlane
+            self.planes[channel.relid] = CDataPlane(channel.server.partition, channel, "echo",
+                                                    self.spin_us)
+        return 0
+
     def started(self, channel: OpenChannel) -> None:
-        """Serve anything the guest queued before the open completed."""
-        self.on_signal(channel)
+        """Start the C plane, or serve what the guest queued before the open completed."""
+        if self.plane == "c":
+            self.planes[channel.relid].start()
+        else:
+            self.on_signal(channel)
+
+    def close(self, channel: OpenChannel) -> None:
+        """Stop the channel's C plane (its counters are kept in :attr:`closed_stats`)."""
+        plane = self.planes.pop(channel.relid, None)
+        if plane is not None:
+            self.closed_stats.append(plane.stats)
+            self.packets += plane.stats["packets"]
+            self.bytes += plane.stats["bytes"]
+            plane.close()
 
     def on_signal(self, channel: OpenChannel) -> None:
         """Drain the guest's ring, echoing each in-band packet; stop while our ring is full."""

@@ -1,0 +1,84 @@
+/*
+ * hvr_plane.h - a channel's data plane as a host C thread (hosted: pthreads, poll, eventfd).
+ *
+ * Steady-state I/O never enters Python: the thread drains the guest's send ring, hands each
+ * packet to a handler (echo, storage, network), and posts replies on the guest's receive ring.
+ * Under load it polls with the ring's interrupt_mask set, so the guest never kicks; when idle for
+ * `spin_us` it unmasks, re-checks, and sleeps on the kick eventfd that KVM signals on the guest's
+ * HvSignalEvent (an ioeventfd: no userspace exit). It interrupts the guest by setting the
+ * channel's event flag and writing the irqfd of the SINT's MSI route - the NAPI shape.
+ */
+#ifndef HVR_PLANE_H
+#define HVR_PLANE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "vmbus_ring.h"
+
+struct hvr_plane;
+
+/*
+ * Handle one packet (validated, not yet consumed; its bytes stay in place until the plane
+ * consumes it). Return HVR_OK when done with it (the plane consumes it), HVR_FULL when the reply
+ * does not fit the guest's receive ring now (set p->need to the ring bytes wanted; the packet is
+ * retried after the guest frees space), or HVR_EBROKEN / another negative value to stop the
+ * plane with that error (a malformed request the channel cannot survive).
+ */
+typedef int (*hvr_plane_handler)(struct hvr_plane *p, const struct hvr_pkt *pkt);
+
+struct hvr_plane_stats {
+	uint64_t packets;     /* packets handled */
+	uint64_t bytes;       /* payload bytes handled */
+	uint64_t kicks;       /* wake-ups from the guest's kick eventfd */
+	uint64_t sleeps;      /* times the thread blocked */
+	uint64_t signals;     /* interrupts raised to the guest */
+	uint64_t full_waits;  /* times a reply waited for ring space */
+	uint64_t batches;     /* drain passes that handled at least one packet */
+};
+
+struct hvr_plane {
+	struct hvr_in in;            /* the guest's send ring */
+	struct hvr_out out;          /* the guest's receive ring */
+	int kick_fd;                 /* eventfd signalled by KVM on the guest's HvSignalEvent */
+	int irq_fd;                  /* irqfd eventfd of the SINT's MSI route; -1: none */
+	int stop_fd;                 /* eventfd owned by the plane: stop request */
+	volatile uint32_t *event_flags; /* the SINT's slot in the guest's SIEFP page */
+	volatile uint32_t *irq_enabled; /* the parent clears it while the SINT is masked */
+	uint32_t relid;              /* event flag to set */
+	uint32_t spin_us;            /* idle polling before sleeping */
+	uint32_t need;               /* handler: ring bytes wanted on HVR_FULL */
+	hvr_plane_handler handler;
+	void *ctx;                   /* handler state */
+	struct hvr_plane_stats stats;
+	volatile int stop;
+	int error;                   /* why the plane stopped on its own (negative), or 0 */
+	uint32_t broken;             /* enum hvr_broken of the ring that broke, or 0 */
+	int running;
+	pthread_t thread;
+};
+
+/*
+ * Attach both rings and set the descriptors. `in_hdr`/`out_hdr` are the host (double-mapped when
+ * `flags` has HVR_DOUBLE_MAPPED) views of the guest's send and receive rings. Returns HVR_OK,
+ * HVR_EINVAL or HVR_EBROKEN (a ring is corrupt already), or -errno when the stop eventfd cannot
+ * be made.
+ */
+int hvr_plane_init(struct hvr_plane *p, struct hv_ring_buffer *in_hdr, uint32_t in_size,
+		   struct hv_ring_buffer *out_hdr, uint32_t out_size, uint32_t flags, int kick_fd,
+		   int irq_fd, volatile uint32_t *event_flags, volatile uint32_t *irq_enabled,
+		   uint32_t relid, uint32_t spin_us, hvr_plane_handler handler, void *ctx);
+
+/* Start the thread. 0 or -errno. */
+int hvr_plane_start(struct hvr_plane *p);
+
+/* Ask the thread to stop and join it; closes the stop eventfd. Idempotent. */
+void hvr_plane_stop(struct hvr_plane *p);
+
+/* Raise the channel's interrupt in the guest (event flag, then the irqfd). */
+void hvr_plane_signal_guest(struct hvr_plane *p);
+
+/* The echo handler: answer every in-band packet with the same payload and trans_id. */
+int hvr_echo_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);
+
+#endif
