@@ -277,3 +277,72 @@ def test_post_message_with_wrong_message_type_is_an_error_not_a_crash(setup):
     m.write(INPUT, struct.pack("<IIII", 4, 0, 7, 8) + bytes(8))
     assert part.hv.hypercall(0, hs.HVCALL_POST_MESSAGE, INPUT, 0) == 0
     assert "message type 7" in server.errors[-1]
+
+
+def open_channel(guest, offer, gpadl, ring_gpa):
+    pfns = [ring_gpa // 4096 + i for i in range(RING_PAGES)]
+    hdr = w.vmbus_channel_gpadl_header()
+    hdr.header.msgtype = w.CHANNELMSG_GPADL_HEADER
+    hdr.child_relid, hdr.gpadl, hdr.range_buflen, hdr.rangecount = offer.child_relid, gpadl, \
+        8 + 8 * RING_PAGES, 1
+    guest.post(bytes(hdr) + struct.pack("<II", RING_PAGES * 4096, 0) +
+               struct.pack(f"<{RING_PAGES}Q", *pfns))
+    (created,) = guest.receive_all()
+    assert w.vmbus_channel_gpadl_created.from_buffer_copy(created).creation_status == 0
+    op = w.vmbus_channel_open_channel()
+    op.header.msgtype = w.CHANNELMSG_OPENCHANNEL
+    op.child_relid, op.openid, op.ringbuffer_gpadlhandle = offer.child_relid, gpadl, gpadl
+    op.downstream_ringbuffer_pageoffset = RING_PAGES // 2
+    guest.post(bytes(op))
+    (result,) = guest.receive_all()
+    assert w.vmbus_channel_open_result.from_buffer_copy(result).status == 0
+    send = RingMapping.from_guest(guest.p.memory, pfns[:4], double=False)
+    recv = RingMapping.from_guest(guest.p.memory, pfns[4:], double=False)
+    return send, recv
+
+
+def test_several_channels_at_once_and_a_broken_one_does_not_stop_the_others(setup):
+    part, server, echo, guest = setup
+    echo2 = EchoVsp()
+    server.add_vsp(echo2)
+    m = w.vmbus_channel_initiate_contact()
+    m.header.msgtype = w.CHANNELMSG_INITIATE_CONTACT
+    m.vmbus_version_requested = w.VERSION_WIN10_V5_3
+    guest.post(bytes(m))
+    guest.receive_all()
+    guest.post(bytes(w.vmbus_channel_message_header(msgtype=w.CHANNELMSG_REQUESTOFFERS)))
+    offers = [w.vmbus_channel_offer_channel.from_buffer_copy(r) for r in guest.receive_all()[:2]]
+    maps = []
+    try:
+        rings = []
+        for i, offer in enumerate(offers):
+            send, recv = open_channel(guest, offer, 10 + i, RING_GPA + i * 0x10000)
+            maps += [send, recv]
+            efd = part.signals[offer.connection_id]
+            rings.append((OutRing(send), InRing(recv), efd))
+        for n in range(20):
+            for i, (out, inn, efd) in enumerate(rings):
+                assert out.write(bytes([i, n]) * 50, trans_id=n)
+                if out.commit():
+                    os.eventfd_write(efd, 1)
+            for i, (out, inn, efd) in enumerate(rings):
+                assert wait_for(lambda: inn.available > 0)
+                pkt = inn.read()
+                inn.commit()
+                assert pkt.payload[:100] == bytes([i, n]) * 50
+        # Corrupt channel 1's send ring (write_index beyond the ring) and kick it.
+        send0 = maps[0]
+        send0.write(0, struct.pack("<I", 0xFFFF0))
+        os.eventfd_write(rings[0][2], 1)
+        assert wait_for(lambda: echo.broken is not None)
+        # Channel 2 still echoes.
+        out, inn, efd = rings[1]
+        assert out.write(b"still here", trans_id=99)
+        if out.commit():
+            os.eventfd_write(efd, 1)
+        assert wait_for(lambda: inn.available > 0)
+        assert inn.read().payload[:10] == b"still here"
+        assert any("relid" in e for e in server.errors)
+    finally:
+        for mp in maps:
+            mp.close()
