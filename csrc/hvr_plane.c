@@ -217,8 +217,8 @@ int hvr_echo_handler(struct hvr_plane *p, const struct hvr_pkt *pkt)
 	uint32_t len;
 	int rc;
 
-	if (pkt->type != VM_PKT_DATA_INBAND)
-		return HVR_OK; /* completions and the like: nothing to echo */
+	if (pkt->type != VM_PKT_DATA_INBAND || (pkt->trans_id & HVR_ECHO_ONE_WAY))
+		return HVR_OK; /* completions, and one-way (sink) packets: nothing to echo */
 	payload = hvr_in_payload(&p->in, pkt, &len);
 	if (!payload)
 		return HVR_EBROKEN; /* the double-mapped view is contiguous: only a broken ring */

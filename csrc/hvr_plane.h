@@ -78,7 +78,11 @@ void hvr_plane_stop(struct hvr_plane *p);
 /* Raise the channel's interrupt in the guest (event flag, then the irqfd). */
 void hvr_plane_signal_guest(struct hvr_plane *p);
 
-/* The echo handler: answer every in-band packet with the same payload and trans_id. */
+/* trans_id bit the echo device treats as "one way": consumed, not answered (throughput runs). */
+#define HVR_ECHO_ONE_WAY (1ull << 63)
+
+/* The echo handler: answer every in-band packet with the same payload and trans_id, except
+ * one-way packets (HVR_ECHO_ONE_WAY in trans_id), which are only consumed. */
 int hvr_echo_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);
 
 #endif

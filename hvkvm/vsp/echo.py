@@ -11,6 +11,8 @@ from ..vmbus.server import OpenChannel, Vsp
 
 #: hvkvm's echo device class (not a Hyper-V device; guest_images/images/vmbus_echo finds it).
 HVKVM_ECHO_GUID = uuid.UUID("9d3c5b4e-6f0a-4c8e-b1d2-6876766b6563")
+#: A packet whose trans_id has this bit is consumed without an answer (one-way throughput).
+ECHO_ONE_WAY = 1 << 63
 
 
 class EchoVsp(Vsp):
@@ -76,7 +78,10 @@ class EchoVsp(Vsp):
                         pkt = inr.peek()
                         if pkt is None:
                             break
-                        if pkt.type == VM_PKT_DATA_INBAND:
+                        if pkt.type == VM_PKT_DATA_INBAND and pkt.trans_id & ECHO_ONE_WAY:
+                            self.packets += 1
+                            self.bytes += len(pkt.payload)
+                        elif pkt.type == VM_PKT_DATA_INBAND:
                             if not outr.write(pkt.payload, trans_id=pkt.trans_id):
                                 # Our ring is full: ask the guest to signal when it has read
                                 # enough (pending_send_sz), and leave this packet for then.
