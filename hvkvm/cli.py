@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("name", nargs="*", help="image names (build: default all; path: one)")
     img.add_argument("--force", action="store_true", help="rebuild even when cached")
 
+    bench = sub.add_parser("bench", help="measure I/O paths; prints a table and writes JSON")
+    bench.add_argument("suite", choices=["exits", "vmbus"], help="what to measure")
+    bench.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    bench.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy)")
+
     doc = sub.add_parser("doctor", help="check /dev/kvm and say which kind of KVM this is")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--no-probe", action="store_true", help="skip the CPL0/CPL3 timing probe")
@@ -162,6 +167,32 @@ def cmd_images(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """``hvkvm bench SUITE``: run, print the table, write JSON."""
+    import importlib
+
+    from .bench.common import describe_machine, write_json
+    from .doctor import kvm_usable
+    ok, why = kvm_usable()
+    if not ok:
+        print(f"hvkvm: KVM unavailable: {why}", file=sys.stderr)
+        return EXIT_NO_KVM
+    if args.json:
+        try:
+            open(args.json, "a").close()
+        except OSError as e:
+            raise UsageError(f"cannot write {args.json}: {e.strerror}") from None
+    suite = importlib.import_module(f".bench.{args.suite}", __package__)
+    machine = describe_machine()
+    print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, backend {machine['backend']}, "
+          f"kernel {machine['kernel']}")
+    section = suite.run(quick=args.quick)
+    print(suite.format_report(section))
+    write_json(args.json, {"suite": args.suite, "machine": machine, "quick": args.quick,
+                           **section})
+    return 0
+
+
 def cmd_doctor(args) -> int:
     """``hvkvm doctor``: report on /dev/kvm and the backend."""
     from .doctor import diagnose, format_report
@@ -183,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        handler = {"run": cmd_run, "images": cmd_images, "doctor": cmd_doctor}[args.command]
+        handler = {"run": cmd_run, "images": cmd_images, "doctor": cmd_doctor,
+                   "bench": cmd_bench}[args.command]
         return handler(args)
     except UsageError as e:
         print(f"hvkvm: error: {e}", file=sys.stderr)
