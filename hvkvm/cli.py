@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cmdline", default=None, help="guest command line")
     run.add_argument("--serial", default="-", metavar="FILE|-",
                      help="where COM1 output goes (default stdout; stderr with --json)")
+    run.add_argument("--echo", nargs="?", const="c", choices=["c", "python"], metavar="PLANE",
+                     help="offer hvkvm's VMBus echo device (data plane c or python; default c)")
     run.add_argument("--strict-io", action="store_true",
                      help="an unmapped port or MMIO access stops the guest")
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -118,9 +120,13 @@ def cmd_run(args) -> int:
             os.path.splitext(os.path.basename(args.image))[0]
         cmdline = name + (f" cpus={args.vcpus}" if args.vcpus > 1 else "")
     out, close_out = _open_serial(args.serial, args.json)
+    vsps = []
+    if args.echo:
+        from .vsp.echo import EchoVsp
+        vsps.append(EchoVsp(plane=args.echo))
     cfg = PartitionConfig(image=path, memory=args.memory, vcpus=args.vcpus, cmdline=cmdline,
                           serial_out=out, timeout=args.timeout, strict_io=args.strict_io,
-                          serial_stdin=sys.stdin.isatty() and not args.json)
+                          serial_stdin=sys.stdin.isatty() and not args.json, vsps=vsps)
     try:
         try:
             cfg.validate()
