@@ -6,6 +6,12 @@ file ``guest_images/images/NAME.c``, linked with the runtime in ``guest_images/r
 objects, which the linker script places in the user-accessible region (ring-3 code and data);
 everything else is kernel-only (see ``guest_images/README.md``).
 
+The freestanding C the host shares with the guest (``csrc/vmbus_ring.c``: the one VMBus ring) is
+compiled into every image too, with ``-I ../csrc``, as a user-accessible object (``csrc__*.u.o``)
+so ring-3 tasks can drive rings with it. ``csrc/`` is the directory next to the guest image tree
+when it holds those sources, else the one next to the ``hvkvm`` package (a copied guest tree
+still builds).
+
 The cache key is a hash of every source, header and the linker script that goes into the image,
 the compiler flags, the gcc and ld versions and this module's build recipe version. Built images
 live in ``$HVKVM_CACHE_DIR`` (default ``~/.cache/hvkvm/images/``) as ``NAME-HASH.elf``. A build
@@ -29,6 +35,7 @@ __all__ = [
     "ImageError",
     "build_image",
     "cache_dir",
+    "csrc_dir",
     "guest_images_dir",
     "image_path",
     "list_images",
@@ -44,7 +51,11 @@ GUEST_IMAGES_DIR: Path = (Path(os.environ["HVKVM_GUEST_IMAGES"]).resolve()
 _DEFAULT_GUEST_IMAGES_DIR = Path(__file__).resolve().parent.parent / "guest_images"
 
 #: Bump when the way images are built changes in a way the hashed inputs do not show.
-_RECIPE_VERSION = "1"
+_RECIPE_VERSION = "2"
+
+#: Host-shared freestanding C from ``csrc/`` compiled into every image (user-accessible objects).
+_CSRC_SOURCES = ("vmbus_ring.c",)
+_DEFAULT_CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
 
 _SOURCE_SUFFIXES = (".c", ".S")
 _HASHED_SUFFIXES = (".c", ".S", ".h", ".ld")
@@ -55,7 +66,7 @@ _COMMON_FLAGS = (
     "-mno-red-zone", "-mgeneral-regs-only", "-fno-omit-frame-pointer", "-fno-stack-protector",
     "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fcf-protection=none",
     "-fno-tree-loop-distribute-patterns", "-fno-common",
-    "-Iinclude", "-Irt",
+    "-Iinclude", "-Irt", "-I../csrc",
 )
 _CFLAGS = ("-std=gnu11", "-Wall", "-Wextra", "-Wno-format-zero-length",
            "-Werror=implicit-function-declaration", "-Werror=return-type") + _COMMON_FLAGS
@@ -74,6 +85,37 @@ def guest_images_dir() -> Path:
     ``guest_images/`` directory next to the package."""
     env = os.environ.get("HVKVM_GUEST_IMAGES")
     return Path(env).resolve() if env else _DEFAULT_GUEST_IMAGES_DIR
+
+
+def csrc_dir(root: Path | None = None) -> Path:
+    """The ``csrc/`` whose sources go into images built from ``root`` (default: the guest tree in
+    use): ``root/../csrc`` if it holds them, else the ``csrc/`` next to the package."""
+    root = guest_images_dir() if root is None else root
+    sibling = root.parent / "csrc"
+    if all((sibling / name).is_file() for name in _CSRC_SOURCES):
+        return sibling
+    return _DEFAULT_CSRC_DIR
+
+
+def _csrc_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """(csrc sources to compile, csrc files to hash): relative to root when csrc is root's
+    sibling (the build runs in root), absolute otherwise."""
+    d = csrc_dir(root)
+    if not all((d / name).is_file() for name in _CSRC_SOURCES):
+        raise ImageError(f"the guest images need {', '.join(_CSRC_SOURCES)} from csrc/, "
+                         f"not found in {d}")
+    base = Path("..") / "csrc" if d == root.parent / "csrc" else d
+    sources = [base / name for name in _CSRC_SOURCES]
+    headers = sorted(base / p.name for p in d.glob("*.h") if p.is_file())
+    return sources, sources + headers
+
+
+def _hash_label(rel: Path) -> str:
+    """The name a hashed file goes by in the key: csrc files are ``csrc/NAME`` wherever they are,
+    so a copied guest tree shares cache entries with the original."""
+    if rel.is_absolute() or rel.parts[:1] == ("..",):
+        return f"csrc/{rel.name}"
+    return rel.as_posix()
 
 
 def cache_dir() -> Path:
@@ -114,7 +156,9 @@ def _image_sources(root: Path, name: str) -> tuple[list[Path], list[Path]]:
     everything = rt_files + img_files + [root / "link.ld"]
     sources = [p for p in rt_files + img_files if p.suffix in _SOURCE_SUFFIXES]
     hashed = [p for p in everything if p.suffix in _HASHED_SUFFIXES]
-    return [p.relative_to(root) for p in sources], [p.relative_to(root) for p in hashed]
+    csrc_sources, csrc_hashed = _csrc_files(root)
+    return ([p.relative_to(root) for p in sources] + csrc_sources,
+            [p.relative_to(root) for p in hashed] + csrc_hashed)
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,13 +202,19 @@ def _first_error(stderr: str, tmp: Path | None = None) -> str:
 
 
 def _object_name(src: Path) -> str:
+    if src.is_absolute() or src.parts[:1] == ("..",):
+        return f"csrc__{src.stem}.u.o"  # host-shared C: user-accessible (ring-3 VSCs use it)
     stem = "__".join(src.with_suffix("").parts)
     return stem + (".u.o" if src.name.startswith("u_") else ".o")
 
 
 def _compile(gcc: str, root: Path, src: Path, obj: Path) -> str | None:
     flags = _CFLAGS if src.suffix == ".c" else _ASFLAGS
-    res = subprocess.run([gcc, *flags, "-c", str(src), "-o", str(obj)], cwd=root,
+    extra = []
+    d = csrc_dir(root)
+    if d != root.parent / "csrc":
+        extra = [f"-I{d}"]  # the tree was copied away from csrc/: use the package's
+    res = subprocess.run([gcc, *flags, *extra, "-c", str(src), "-o", str(obj)], cwd=root,
                          capture_output=True, text=True)
     return None if res.returncode == 0 else _first_error(res.stderr)
 
@@ -206,7 +256,7 @@ def _build_key(root: Path, name: str, gcc: str) -> tuple[str, list[Path]]:
         h.update(" ".join(flags).encode() + b"\n")
     for rel in hashed:
         data = (root / rel).read_bytes()
-        h.update(f"{rel.as_posix()} {len(data)}\n".encode())
+        h.update(f"{_hash_label(rel)} {len(data)}\n".encode())
         h.update(data)
     return h.hexdigest()[:20], sources
 
