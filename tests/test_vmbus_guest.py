@@ -131,6 +131,36 @@ def test_ring0_sleeps_until_the_channel_interrupt_wakes_it(make_partition, image
     check_closed(p, ch, syncs)
 
 
+class StallingEcho(EchoVsp):
+    """An echo that stalls once, at the first one-way packet, long enough for the guest to fill
+    the ring behind it."""
+
+    stalled = False
+
+    def on_signal(self, channel):
+        pkt = channel.inring.peek()
+        if not self.stalled and pkt is not None and pkt.trans_id >> 63:
+            self.stalled = True
+            time.sleep(0.3)
+        super().on_signal(channel)
+
+
+@kvm
+def test_ring0_sender_waits_for_space_on_a_full_ring(make_partition, image):
+    n, size = 16, 6000
+    vsp = StallingEcho()
+    r, p, syncs, _ = run_echo(make_partition, image,
+                              f"mode=kernel count=1 oneway={n} ring_pages=4 max_len={size}", [vsp])
+    assert r.passed, f"{r.reason}\n{r.logs}"
+    packets, nbytes, waits, interrupts = syncs[5][:4]
+    assert (packets, nbytes) == (n, n * size)
+    # The ring (16 KiB) holds two of them: the sender set pending_send_sz and slept until the
+    # host's read freed the space and signalled, at least once.
+    assert waits >= 1 and interrupts >= waits
+    assert vsp.packets == n + 1   # the one-way packets and the kernel phase's single echo
+    check_closed(p, p.vmbus.channels.channels[syncs[1][2]], syncs)
+
+
 @kvm
 def test_ring0_polling_takes_no_channel_interrupts(make_partition, image):
     count = 30

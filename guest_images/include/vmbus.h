@@ -149,6 +149,7 @@ struct vmbus_channel {
 	struct vmbus_rings rings;
 	volatile uint64_t events; /* channel interrupts taken (event flag relid seen set) */
 	uint64_t host_signals;   /* HvSignalEvent hypercalls made by the kernel helpers */
+	uint64_t send_waits;     /* vmbus_send() found the send ring full and slept */
 	/* Called from the interrupt handler (ring 0, IF=0) after `events` was bumped. Optional. */
 	void (*on_event)(struct vmbus_channel *ch);
 };

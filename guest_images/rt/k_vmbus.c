@@ -634,9 +634,11 @@ int vmbus_send(struct vmbus_channel *ch, const void *buf, uint32_t len, uint64_t
 		rc = hvr_out_request_space(&r->out, hvr_packet_total(0, len));
 		if (rc < 0)
 			return rc;
-		if (rc == 0)
+		if (rc == 0) {
+			ch->send_waits++;
 			while (ch->events == seen)
 				wait_irq();
+		}
 	}
 	if (rc != HVR_OK)
 		return rc;

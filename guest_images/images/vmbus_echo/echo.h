@@ -17,6 +17,8 @@
 /* trans_id = ECHO_TRANS(phase, i): phase 1 kernel, 2 user. Bit 63 stays clear (the echo VSP
  * swallows one-way packets that set it). */
 #define ECHO_TRANS(phase, i) (((uint64_t)0xec << 48) | ((uint64_t)(phase) << 40) | (i))
+/* The echo VSP consumes packets whose trans_id has bit 63 without answering (one-way). */
+#define ECHO_ONE_WAY (1ULL << 63)
 
 struct echo_stats {
 	uint64_t packets;    /* echoes received and checked */

@@ -14,11 +14,13 @@
  *
  * Command line: mode=kernel|user|both (both) count=N (200) ring_pages=N (16, 1..128)
  *   max_len=N (ring_pages * 2048) window=N (16) kwindow=N (4) kpoll=0|1 (0) stall_s=N (20)
- *   unload=0|1 (0: send UNLOAD at the end)
+ *   unload=0|1 (0: send UNLOAD at the end) oneway=N (0: one-way packets of max_len bytes
+ *   from ring 0 after the kernel phase, which the host consumes without answering)
  * SYNC 1 connected: version, offers, relid, connection id, ring_pages
  * SYNC 2 kernel phase: packets, bytes, receive-ring wraps, straddling echoes, channel interrupts
  * SYNC 3 user phase:   packets, bytes, receive-ring wraps, straddling echoes, kicks
  * SYNC 4 closed:       GPADL handle, SynIC messages, EOMs, SINT2 interrupts, kernel HvSignalEvents
+ * SYNC 5 one-way burst (before SYNC 3): packets, bytes, waits for ring space, channel interrupts
  */
 #include "echo.h"
 
@@ -61,6 +63,20 @@ static void kernel_phase(struct vmbus_channel *ch, struct echo_run *run, bool po
 	run->st.cycles = echo_rdtsc() - t0;
 }
 
+/* One-way burst from ring 0: `n` packets of max_len bytes the host consumes without answering.
+ * Once the host falls behind, vmbus_send() finds the ring full, sets pending_send_sz and sleeps
+ * until the host's read frees a quarter ring and it signals. */
+static void oneway_phase(struct vmbus_channel *ch, uint64_t n, uint32_t len)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		int rc = vmbus_send(ch, echo_pattern + echo_offset(i), len,
+				    ECHO_ONE_WAY | ECHO_TRANS(3, i), 0);
+
+		HV_ASSERT_EQ(rc, HVR_OK, "ring 0: one-way packet %llu (%u bytes)",
+			     (unsigned long long)i, len);
+	}
+}
+
 static void report(const char *what, const struct echo_run *run)
 {
 	uint64_t us = run->tsc_hz ? run->st.cycles * 1000000 / run->tsc_hz : 0;
@@ -84,6 +100,7 @@ int hv_main(void)
 	uint64_t kwindow = hv_arg_u64("kwindow", 4);
 	bool kpoll = hv_arg_u64("kpoll", 0) != 0;
 	uint64_t stall_s = hv_arg_u64("stall_s", 20);
+	uint64_t oneway = hv_arg_u64("oneway", 0);
 	bool do_kernel, do_user;
 	uint32_t data_size, max_len, gpadl;
 	struct vmbus_channel *ch;
@@ -143,6 +160,15 @@ int hv_main(void)
 		report(kpoll ? "ring 0, polling" : "ring 0, interrupts", &krun);
 		hv_sync(2, krun.st.packets, krun.st.bytes, krun.st.in_wraps, krun.st.straddles,
 			ch->events);
+	}
+	if (oneway) {
+		uint64_t events = ch->events, waits = ch->send_waits;
+
+		oneway_phase(ch, oneway, max_len);
+		hv_log("vmbus_echo: ring 0, one-way: %llu packets of %u bytes, %llu waits for space",
+		       (unsigned long long)oneway, max_len,
+		       (unsigned long long)(ch->send_waits - waits));
+		hv_sync(5, oneway, oneway * max_len, ch->send_waits - waits, ch->events - events);
 	}
 	if (do_user) {
 		struct echo_run *u = &echo_user_run;
