@@ -229,6 +229,30 @@ def test_version_negotiation_falls_back_to_4_1_on_connection_id_1(make_partition
 
 
 @kvm
+def test_a_rescinded_offer_is_released_after_the_close(make_partition, image):
+    keep, gone = EchoVsp(), EchoVsp()
+
+    def on_sync(vcpu, uc):
+        if uc.args[0] == 1:   # connected, echo channel found: withdraw the other one
+            p.vmbus.rescind(2)
+
+    cfg = PartitionConfig(image=image, cmdline="vmbus_echo mode=user count=20", hyperv=True,
+                          vsps=[keep, gone], timeout=60, on_sync=on_sync)
+    p = make_partition(cfg)
+    seen = []
+    handle = p.vmbus.channels.handle_message
+    p.vmbus.channels.handle_message = lambda c, m: seen.append(int.from_bytes(m[:4], "little")) \
+        or handle(c, m)
+    r = p.run()
+    assert r.passed, f"{r.reason}\n{r.logs}"
+    assert r.syncs[0][1][2:4] == (2, 1)   # 2 offers, the echo on relid 1
+    assert seen[-1] == w.CHANNELMSG_RELID_RELEASED
+    assert 2 not in p.vmbus.channels.channels and 1 in p.vmbus.channels.channels
+    assert keep.packets == 20 and gone.packets == 0
+    assert list(p.vmbus.errors) == []
+
+
+@kvm
 def test_unload_after_close(make_partition, image):
     r, p, syncs, seen = run_echo(make_partition, image, "mode=user count=20 unload=1",
                                  [EchoVsp()])

@@ -176,10 +176,11 @@ int vmbus_init(uint8_t vector);
 int vmbus_connect(void);
 /* REQUESTOFFERS; take offers until ALLOFFERS_DELIVERED. */
 int vmbus_request_offers(void);
-/* UNLOAD -> UNLOAD_RESPONSE (every channel must be closed). */
+/* UNLOAD -> UNLOAD_RESPONSE (VMBUS_EINVAL while a channel is open); forgets every offer. */
 int vmbus_unload(void);
 
-/* The n-th offered channel with this class GUID (n = 0 for the first), or NULL. */
+/* The n-th offered channel with this class GUID (n = 0 for the first), or NULL. Rescinded
+ * channels are skipped (and their relids released when they are closed). */
 struct vmbus_channel *vmbus_find_channel(const guid_t *class_id, unsigned n);
 struct vmbus_channel *vmbus_channel_by_relid(uint32_t relid);
 /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (37 bytes with the NUL). Any ring. */
@@ -199,8 +200,8 @@ int vmbus_gpadl_teardown(struct vmbus_channel *ch, uint32_t handle);
  * the GPADL is torn down again. */
 int vmbus_channel_open(struct vmbus_channel *ch, void *ring_area, uint32_t send_pages,
 		       uint32_t recv_pages);
-/* CLOSECHANNEL (no answer), then tear the ring GPADL down; a rescinded channel's relid is then
- * released (RELID_RELEASED). */
+/* CLOSECHANNEL (no answer), then tear the ring GPADL down; then RELID_RELEASED for every
+ * rescinded channel that is closed (this one included). */
 int vmbus_channel_close(struct vmbus_channel *ch);
 
 /* Kernel-side I/O (ring 0). `signal` decisions follow the ring: HvSignalEvent through the

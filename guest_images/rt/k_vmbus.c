@@ -200,6 +200,16 @@ static int post(const void *msg, uint32_t size)
 	return st == HV_STATUS_SUCCESS ? 0 : VMBUS_EHYPERCALL;
 }
 
+static void release_relid(struct vmbus_channel *ch);
+
+/* RELID_RELEASED for every rescinded channel that is closed (Linux: once its device is gone). */
+static void release_rescinded(void)
+{
+	for (unsigned i = 0; i < VMBUS_MAX_CHANNELS; i++)
+		if (channels[i].state == VMBUS_CH_OFFERED && channels[i].rescinded)
+			release_relid(&channels[i]);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The SINT2 interrupt. */
 
@@ -373,11 +383,19 @@ int vmbus_unload(void)
 
 	if (!vmbus_conn.version)
 		return 0;
+	for (unsigned i = 0; i < VMBUS_MAX_CHANNELS; i++)
+		if (channels[i].state == VMBUS_CH_OPEN || channels[i].state == VMBUS_CH_USER)
+			return VMBUS_EINVAL;
 	rc = post(&msg, sizeof(msg));
 	if (rc)
 		return rc;
 	wait_message(CHANNELMSG_UNLOAD_RESPONSE, NULL, NULL, &resp, sizeof(resp));
+	/* The host forgot every offer and GPADL: so do we. */
+	memset(channels, 0, sizeof(channels));
+	max_relid = 0;
 	vmbus_conn.version = 0;
+	vmbus_conn.offers = 0;
+	vmbus_conn.all_offers_delivered = 0;
 	return 0;
 }
 
@@ -389,6 +407,7 @@ bool vmbus_guid_equal(const guid_t *a, const guid_t *b)
 struct vmbus_channel *vmbus_find_channel(const guid_t *class_id, unsigned n)
 {
 	take_messages();
+	release_rescinded();
 	for (unsigned i = 0; i < VMBUS_MAX_CHANNELS; i++) {
 		struct vmbus_channel *ch = &channels[i];
 
@@ -603,7 +622,7 @@ int vmbus_channel_close(struct vmbus_channel *ch)
 	rc = vmbus_gpadl_teardown(ch, ch->gpadl);
 	ch->gpadl = 0;
 	ch->ring_area = NULL;
-	release_relid(ch);
+	release_rescinded(); /* this channel, if it was rescinded, and any other closed one */
 	return rc;
 }
 
