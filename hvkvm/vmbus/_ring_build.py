@@ -236,21 +236,83 @@ void hvr_plane_signal_guest(struct hvr_plane *p);
 int hvr_echo_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);
 """
 
+#: The storvsc data plane: a hvr_plane handler doing SCSI on raw images (csrc/hvr_storage.c).
+CDEF_STORAGE = r"""
+#define HVR_STORAGE_BLOCK ...
+#define HVR_STORAGE_MAX_GPA_RANGES ...
+#define HVR_STORAGE_MAX_TRANSFER ...
+#define HVR_STORAGE_MAX_LUNS ...
+#define HVR_LUN_READONLY ...
+#define HVR_LUN_DIRECT ...
+#define HVR_MAX_UNMAP_LBA_COUNT ...
+#define HVR_MAX_UNMAP_DESCRIPTORS ...
+struct hvr_ram_region {
+    uint64_t gpa;
+    uint64_t size;
+    uint8_t *host;
+};
+struct hvr_storage_lun {
+    int fd;
+    uint32_t flags;
+    uint64_t blocks;
+    uint32_t lun;
+    uint32_t serial_len;
+    uint8_t vendor[8];
+    uint8_t product[16];
+    uint8_t revision[4];
+    uint8_t serial[32];
+    uint8_t naa[8];
+};
+struct hvr_storage_stats {
+    uint64_t requests; uint64_t srbs; uint64_t reads; uint64_t writes; uint64_t flushes;
+    uint64_t unmaps; uint64_t errors; uint64_t invalid; uint64_t check_conditions;
+    uint64_t bytes_read; uint64_t bytes_written; uint64_t bounced;
+};
+struct hvr_scsi_result {
+    uint8_t srb_status;
+    uint8_t scsi_status;
+    uint8_t sense_len;
+    uint8_t reserved;
+    uint32_t transferred;
+    uint8_t sense[20];
+};
+struct hvr_storage {
+    const struct hvr_ram_region *regions;
+    uint32_t nregions;
+    const struct hvr_storage_lun *luns;
+    uint32_t nluns;
+    uint32_t max_transfer_bytes;
+    uint32_t version;
+    struct hvr_storage_stats stats;
+    ...;
+};
+int hvr_storage_init(struct hvr_storage *s);
+void hvr_storage_fini(struct hvr_storage *s);
+int hvr_storage_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);
+uint32_t hvr_storage_packet_size(uint32_t version);
+int hvr_storage_exec_cdb(struct hvr_storage *s, uint8_t path_id, uint8_t target_id, uint8_t lun,
+                         const uint8_t *cdb, uint32_t cdb_len, uint8_t *buf, uint32_t buf_len,
+                         struct hvr_scsi_result *res);
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.cdef(CDEF_SYNIC)
 ffibuilder.cdef(CDEF_PLANE)
+ffibuilder.cdef(CDEF_STORAGE)
 ffibuilder.set_source(
     "hvkvm.vmbus._hvring",
-    '#include "vmbus_ring.h"\n#include "hv_synic.h"\n#include "hvr_plane.h"\n',
+    '#include "vmbus_ring.h"\n#include "hv_synic.h"\n#include "hvr_plane.h"\n'
+    '#include "hvr_storage.h"\n',
     sources=[_rel(_CSRC / "vmbus_ring.c"), _rel(_CSRC / "hv_synic.c"),
-             _rel(_CSRC / "hvr_plane.c")],
+             _rel(_CSRC / "hvr_plane.c"), _rel(_CSRC / "hvr_storage.c")],
     include_dirs=[_rel(_CSRC)],
     define_macros=[("HVR_HOSTED", "1")],
     extra_compile_args=_compile_args(),
     extra_link_args=_link_args(),
     depends=[_rel(_CSRC / "vmbus_ring.h"), _rel(_CSRC / "hv_synic.h"),
-             _rel(_CSRC / "hvr_plane.h")],
+             _rel(_CSRC / "hvr_plane.h"), _rel(_CSRC / "hvr_storage.h"),
+             _rel(_CSRC / "storvsc_proto.h")],
 )
 
 if __name__ == "__main__":
