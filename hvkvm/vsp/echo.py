@@ -3,6 +3,7 @@ trans_id. A Python data plane: the reference the C paths and the benchmarks comp
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 
@@ -55,7 +56,9 @@ class EchoVsp(Vsp):
         if self.plane == "c":
             self.planes[channel.relid].start()
         else:
-            self.on_signal(channel)
+            # Let the notifier thread serve it: started() runs on the vCPU thread inside the
+            # guest's OPENCHANNEL hypercall, which must not wait for a data path.
+            os.eventfd_write(channel.eventfd, 1)
 
     def close(self, channel: OpenChannel) -> None:
         """Stop the channel's C plane (its counters are kept in :attr:`closed_stats`)."""
