@@ -23,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2 (argparse's multi-line usage dump is noise)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
+        """Turn argparse's complaint into a :class:`UsageError` (one line, exit 2)."""
         raise UsageError(message)
 
 

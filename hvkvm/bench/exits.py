@@ -21,10 +21,11 @@ class _Null:
     """The benchmark's null device: reads return zeros, writes vanish."""
 
     def read(self, offset, data):
+        """Zeros."""
         data[:] = bytes(len(data))
 
     def write(self, offset, data):
-        pass
+        """Dropped."""
 
 
 def run_case(kind: str, ring: int, count: int, repeats: int) -> dict:
