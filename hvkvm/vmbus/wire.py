@@ -561,6 +561,7 @@ class guid_t(Structure):
         return cls.from_buffer_copy(u.bytes_le)
 
     def to_uuid(self) -> uuid.UUID:
+        """The GUID as a uuid.UUID."""
         return uuid.UUID(bytes_le=bytes(self.b))
 
     def __str__(self) -> str:
