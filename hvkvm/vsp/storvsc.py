@@ -71,7 +71,7 @@ class Protocol:
         self.version: int | None = None
         self.begun = False
         self.ready = False
-        self.counts = {"requests": 0, "srbs": 0, "errors": 0, "invalid": 0}
+        self.counts = {"requests": 0, "srbs": 0, "errors": 0, "invalid": 0, "full_waits": 0}
 
     def reply_size(self, request_len: int) -> int:
         """Bytes of vstor_packet a completion carries now."""
@@ -290,6 +290,7 @@ class _Channel:
                 break
             need = proto.max_reply
             if outr.free < need and not outr.request_space(need):
+                proto.counts["full_waits"] += 1
                 state = "full"
                 break
             pkt = inr.read()
