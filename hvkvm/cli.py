@@ -73,7 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="offer hvkvm's VMBus echo device (data plane c or python; default c)")
     run.add_argument("--strict-io", action="store_true",
                      help="an unmapped port or MMIO access stops the guest")
+    run.add_argument("--disk", action="append", default=[], metavar="FILE[,ro][,direct]",
+                     help="offer a raw disk image on a synthetic SCSI controller (storvsc); "
+                          "repeat for more disks (one controller each)")
+    run.add_argument("--dataplane", choices=["c", "python"], default="c",
+                     help="the storage data plane (default c)")
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    disk = sub.add_parser("disk", help="create raw disk images")
+    disk_sub = disk.add_subparsers(dest="disk_command", metavar="ACTION", parser_class=_Parser,
+                                   required=True)
+    create = disk_sub.add_parser("create", help="create a sparse raw image FILE of SIZE bytes")
+    create.add_argument("file", metavar="FILE")
+    create.add_argument("size", metavar="SIZE", help="e.g. 64M, 10G (a multiple of 512 bytes)")
 
     img = sub.add_parser("images", help="list, build or locate the built-in guest images")
     img.add_argument("action", nargs="?", default="list", choices=["list", "build", "path"])
@@ -100,6 +112,31 @@ def _open_serial(arg: str, json_mode: bool):
         raise UsageError(f"cannot open serial output {arg}: {e.strerror}") from None
 
 
+def _open_disks(specs: list[str]) -> list:
+    """Open every ``--disk FILE[,ro][,direct]``; UsageError (one line) on the first bad one."""
+    from .vsp.disk import Disk, DiskError, parse_disk_spec
+    disks = []
+    try:
+        for spec in specs:
+            path, readonly, direct = parse_disk_spec(spec)
+            disks.append(Disk(path, readonly=readonly, direct=direct))
+    except DiskError as e:
+        for d in disks:
+            d.close()
+        raise UsageError(str(e)) from None
+    return disks
+
+
+def _storage_vsps(disks: list, plane: str) -> list:
+    """One storvsc controller per disk (LUN 0), with stable instance ids by position."""
+    import uuid
+
+    from .vmbus.wire import HV_SCSI_GUID
+    from .vsp.storvsc import StorvscVsp
+    return [StorvscVsp(d, plane=plane, instance_id=uuid.uuid5(HV_SCSI_GUID, f"disk{i}"))
+            for i, d in enumerate(disks)]
+
+
 def cmd_run(args) -> int:
     """``hvkvm run``: boot, wait, summarize."""
     from .boot.elf import BadImage
@@ -120,11 +157,18 @@ def cmd_run(args) -> int:
         name = args.image if not os.path.exists(args.image) else \
             os.path.splitext(os.path.basename(args.image))[0]
         cmdline = name + (f" cpus={args.vcpus}" if args.vcpus > 1 else "")
-    out, close_out = _open_serial(args.serial, args.json)
+    disks = _open_disks(args.disk)
+    try:
+        out, close_out = _open_serial(args.serial, args.json)
+    except UsageError:
+        for d in disks:
+            d.close()
+        raise
     vsps = []
     if args.echo:
         from .vsp.echo import EchoVsp
         vsps.append(EchoVsp(plane=args.echo))
+    vsps += _storage_vsps(disks, args.dataplane)
     cfg = PartitionConfig(image=path, memory=args.memory, vcpus=args.vcpus, cmdline=cmdline,
                           serial_out=out, timeout=args.timeout, strict_io=args.strict_io,
                           serial_stdin=sys.stdin.isatty() and not args.json, vsps=vsps)
@@ -147,12 +191,25 @@ def cmd_run(args) -> int:
     finally:
         if close_out:
             out.close()
+        for d in disks:
+            d.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     if result.detail and not result.passed:
         print(result.detail, file=sys.stderr)
     print(result.summary_line(), file=sys.stderr)
     return result.exit_code
+
+
+def cmd_disk(args) -> int:
+    """``hvkvm disk create FILE SIZE``: a new sparse raw image."""
+    from .vsp.disk import DiskError, create_disk
+    try:
+        size = create_disk(args.file, args.size)
+    except DiskError as e:
+        raise UsageError(str(e)) from None
+    print(f"{args.file}: {size} bytes ({size // 512} sectors), sparse")
+    return 0
 
 
 def cmd_images(args) -> int:
@@ -222,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         handler = {"run": cmd_run, "images": cmd_images, "doctor": cmd_doctor,
-                   "bench": cmd_bench}[args.command]
+                   "bench": cmd_bench, "disk": cmd_disk}[args.command]
         return handler(args)
     except UsageError as e:
         print(f"hvkvm: error: {e}", file=sys.stderr)
