@@ -59,6 +59,11 @@ static void cpu_common_init(unsigned cpu)
 
 HV_NORETURN void rt_bsp_main(unsigned cpu)
 {
+	/* Mask both 8259s: KVM_IRQ_LINE drives a GSI on the PIC and the IOAPIC alike, and the reset
+	 * PIC delivers through LINT0 (ExtINT) at vector base 0, where an ISA interrupt would look
+	 * like an exception. Devices are routed through the IOAPIC instead. */
+	hv_outb(0x21, 0xff);
+	hv_outb(0xa1, 0xff);
 	rt_idt_init();
 	cpu_common_init(cpu);
 	rt_paging_init();
