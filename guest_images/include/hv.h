@@ -362,8 +362,42 @@ char *strchr(const char *s, int c);
 size_t hv_strlcpy(char *d, const char *s, size_t size);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Guest tests: each HV_TEST is one pytest item (`pytest --hvkvm-image IMAGE`, `hvkvm test`).
+ *
+ *   HV_TEST(adds_up) { HV_ASSERT_EQ(1 + 1, 2); return 0; }
+ *   HV_TEST(in_ring3, .flags = HV_TEST_USER) { ... }       runs as a ring-3 task (define it
+ *                                                          in a u_*.c file: user pages)
+ *   HV_TEST(known_bug, .flags = HV_TEST_XFAIL) { ... }     expected to fail
+ *   HV_TEST(two_cpus, .vcpus = 2, .timeout_s = 30) { ... } needs 2 vCPUs; its own timeout
+ *
+ * The descriptor goes into the ELF section `hvkvm_tests` (the host reads it from the file); the
+ * host boots the image with `test=NAME` on the command line and the runtime runs that test
+ * instead of hv_main(). A test returns 0 to pass; an assert or fault fails it. */
+#define HV_TEST_XFAIL 1u /* expected to fail */
+#define HV_TEST_USER 2u  /* run as a ring-3 task */
+
+struct hv_test {
+	const char *name;
+	int (*fn)(void);
+	const char *file;
+	uint32_t line;
+	uint32_t flags;
+	uint32_t vcpus;     /* vCPUs the test needs (0: 1) */
+	uint32_t timeout_s; /* 0: the runner's default */
+};
+
+#define HV_TEST(tname, ...)                                                                \
+	static int tname(void);                                                            \
+	static const struct hv_test hv_test_desc_##tname                                   \
+		__attribute__((used, section("hvkvm_tests"), aligned(8))) = {              \
+			.name = #tname, .fn = tname, .file = __FILE__, .line = __LINE__,       \
+			__VA_ARGS__};                                                      \
+	static int tname(void)
+
+/* ------------------------------------------------------------------------------------------ */
 /* Provided by the image. */
 
+/* The image's main (a weak default lists the image's tests and returns 0). */
 int hv_main(void);
 void hv_ap_main(unsigned cpu); /* optional (weak default: return, the AP halts) */
 

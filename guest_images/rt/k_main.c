@@ -57,6 +57,37 @@ static void cpu_common_init(unsigned cpu)
 	__atomic_add_fetch(&rt_online_count, 1, __ATOMIC_ACQ_REL);
 }
 
+extern const struct hv_test __hvkvm_tests_start[], __hvkvm_tests_end[];
+
+/* `test=NAME` on the command line runs that HV_TEST instead of hv_main(). */
+static int rt_run_selected_test(void)
+{
+	char name[96];
+
+	if (!hv_arg("test", name, sizeof(name)))
+		return hv_main();
+	for (const struct hv_test *t = __hvkvm_tests_start; t < __hvkvm_tests_end; t++) {
+		if (strcmp(t->name, name))
+			continue;
+		if (t->flags & HV_TEST_USER) /* the test lives in a u_*.c file (user pages) */
+			return hv_run_user((int (*)(void *))(void *)t->fn, NULL);
+		return t->fn();
+	}
+	HV_ASSERT(0, "no guest test named '%s' in this image", name);
+	return 1;
+}
+
+/* An image made only of HV_TESTs needs no main: list the tests. */
+__attribute__((weak)) int hv_main(void)
+{
+	unsigned n = 0;
+
+	for (const struct hv_test *t = __hvkvm_tests_start; t < __hvkvm_tests_end; t++, n++)
+		hv_printf("test %s (%s:%u)\n", t->name, t->file, t->line);
+	hv_printf("%u guest tests; run one with test=NAME\n", n);
+	return 0;
+}
+
 HV_NORETURN void rt_bsp_main(unsigned cpu)
 {
 	/* Mask both 8259s: KVM_IRQ_LINE drives a GSI on the PIC and the IOAPIC alike, and the reset
@@ -70,7 +101,7 @@ HV_NORETURN void rt_bsp_main(unsigned cpu)
 	read_boot_info();
 	hv_uart_init();
 	rt_log_serial = hv_arg_is("log", "serial");
-	hv_done(hv_main());
+	hv_done(rt_run_selected_test());
 }
 
 __attribute__((weak)) void hv_ap_main(unsigned cpu)
