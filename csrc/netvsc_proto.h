@@ -416,6 +416,8 @@ struct nvsp_message {
 	union nvsp_all_messages msg;
 } NETVSC_PACKED;
 
+#define NVSP_MESSAGE_SIZE 40 /* sizeof(struct nvsp_message) */
+
 /* ===========================================================================================
  * netvsc buffer conventions (hyperv_net.h)
  * =========================================================================================== */
