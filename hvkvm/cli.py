@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("name", nargs="*", help="image names (build: default all; path: one)")
     img.add_argument("--force", action="store_true", help="rebuild even when cached")
 
+    tst = sub.add_parser("test", help="run an image's guest tests (HV_TEST) without pytest")
+    tst.add_argument("image", metavar="IMAGE|NAME")
+    tst.add_argument("-k", dest="expr", metavar="EXPR", help="only tests matching EXPR (pytest -k)")
+    tst.add_argument("--tap", action="store_true", help="TAP version 13 output")
+    tst.add_argument("--timeout", type=_seconds, default=None, help="per-test limit, seconds")
+
     bench = sub.add_parser("bench", help="measure I/O paths; prints a table and writes JSON")
     bench.add_argument("suite", choices=["exits", "vmbus"], help="what to measure")
     bench.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
@@ -231,6 +237,38 @@ def cmd_images(args) -> int:
     return 0
 
 
+def cmd_test(args) -> int:
+    """``hvkvm test``: run each guest test in its own partition; exit 0 only if all are as
+    expected (passes, and expected failures that fail)."""
+    from .boot.elf import BadImage
+    from .doctor import kvm_usable
+    from .guesttests import describe_failure, discover, outcome, run_test, select, tap_report
+    from .images import ImageError, resolve_image
+    try:
+        tests = select(discover(resolve_image(args.image)), args.expr)
+    except (ImageError, BadImage, ValueError) as e:
+        raise UsageError(str(e)) from None
+    ok, why = kvm_usable()
+    if not ok:
+        print(f"hvkvm: KVM unavailable: {why}", file=sys.stderr)
+        return EXIT_NO_KVM
+    results = []
+    for t in tests:
+        r = run_test(t, timeout=args.timeout)
+        results.append((t, r))
+        if not args.tap:
+            o = outcome(t, r)
+            print(f"{o.upper():5} {t.name} ({r.wall_ms:.0f} ms)")
+            if o in ("fail", "xpass"):
+                print(describe_failure(t, r))
+    if args.tap:
+        print(tap_report(results))
+    bad = [t for t, r in results if outcome(t, r) in ("fail", "xpass")]
+    if not args.tap:
+        print(f"{len(results) - len(bad)} passed, {len(bad)} failed")
+    return 1 if bad else 0
+
+
 def cmd_bench(args) -> int:
     """``hvkvm bench SUITE``: run, print the table, write JSON."""
     import importlib
@@ -279,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         handler = {"run": cmd_run, "images": cmd_images, "doctor": cmd_doctor,
-                   "bench": cmd_bench, "disk": cmd_disk}[args.command]
+                   "bench": cmd_bench, "disk": cmd_disk, "test": cmd_test}[args.command]
         return handler(args)
     except UsageError as e:
         print(f"hvkvm: error: {e}", file=sys.stderr)

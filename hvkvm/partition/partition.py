@@ -102,6 +102,8 @@ class VcpuThread:
         #: "running", "halted" (HLT with IF=0), "wait-sipi", "done"
         self.state = "running"
         self.where: dict = {}
+        #: True while the thread is held at a safe point by :meth:`ChildPartition.pause`.
+        self.held = False
 
     # -- kicking --------------------------------------------------------------------------------
 
@@ -176,6 +178,10 @@ class VcpuThread:
         try:
             _current.thread = self
             while not self.stop_requested:
+                if p._pause_requested:
+                    self._hold()
+                    if self.stop_requested:
+                        break
                 reason = self.vcpu.run()
                 # KVM consumed any registers marked dirty on entry; handlers mark them anew.
                 run.kvm_dirty_regs = 0
@@ -204,6 +210,18 @@ class VcpuThread:
                 self.where = self.snapshot_where()
             if self.state == "running":
                 self.state = "stopped"
+
+    def _hold(self) -> None:
+        """Wait outside KVM_RUN, between exits (a safe point), until resumed or stopped."""
+        p = self.partition
+        with p._pause_cv:
+            self.held = True
+            p._pause_cv.notify_all()
+            while p._pause_requested and not self.stop_requested:
+                p._pause_cv.wait(0.1)
+            self.held = False
+        # The stall probe must not count the time spent paused.
+        self.last_exit = time.monotonic()
 
     def _count(self, name: str, run) -> None:
         self.exits[name][1 if self._ring(run) == 3 else 0] += 1
@@ -345,8 +363,11 @@ class VcpuThread:
         elif uc.cmd == UCALL_ASSERT:
             vals = f" (values {uc.args[0]:#x}, {uc.args[1]:#x})" if any(uc.args[:2]) else ""
             reason = f"guest assert failed at {uc.file}:{uc.line}: {uc.msg} ({where}){vals}"
-            p._finish(RunResult("assert", reason, assert_file=uc.file, assert_line=uc.line),
-                      self)
+            regs = self.registers()
+            bt = backtrace(p.memory, p.symbols, regs["rip"], regs["rbp"])
+            p._finish(RunResult("assert", reason, assert_file=uc.file, assert_line=uc.line,
+                                registers=regs, backtrace=bt,
+                                detail="backtrace:\n  " + "\n  ".join(bt)), self)
             raise _Stop
         elif uc.cmd == UCALL_FAULT:
             fr = uc.frame
@@ -361,9 +382,36 @@ class VcpuThread:
             extra = f", CR2 {fr['cr2']:#x}" if vec == 14 else ""
             reason = (f"guest fault on vCPU{self.index}: {exc} in ring {fault_ring} at RIP "
                       f"{rip:#x} <{sym}>, error code {fr['error_code']:#x}{extra}")
-            p._finish(RunResult("fault", reason, detail=format_registers(regs),
-                                registers=regs, symbol=sym), self)
+            bt = backtrace(p.memory, p.symbols, rip, uc.gprs.get("rbp", 0))
+            p._finish(RunResult("fault", reason, registers=regs, symbol=sym, backtrace=bt,
+                                detail=format_registers(regs) + "\nbacktrace:\n  " +
+                                "\n  ".join(bt)), self)
             raise _Stop
+
+
+def backtrace(memory: GuestMemory, symbols: Symbols, rip: int, rbp: int,
+              max_frames: int = 32) -> list[str]:
+    """Symbolized frames from RIP up the frame-pointer chain (images keep frame pointers).
+
+    Every frame pointer is guest data: a frame outside RAM, unaligned, or not above the previous
+    one ends the walk.
+    """
+    frames = [f"{rip:#x} <{symbols.symbolize(rip)}>"]
+    for _ in range(max_frames):
+        if rbp == 0 or rbp % 8 or not memory.contains(rbp, 16):
+            break
+        next_rbp, ret = memory.read_u64(rbp), memory.read_u64(rbp + 8)
+        if ret == 0:
+            break
+        # A return address can sit just past its function (a call to a noreturn function is the
+        # last instruction): look up the call instruction, ret - 1.
+        hit = symbols.lookup(ret - 1)
+        where = f"{hit[0]}+{hit[1] + 1:#x}" if hit else f"{ret:#x}"
+        frames.append(f"{ret:#x} <{where}>")
+        if next_rbp <= rbp:
+            break
+        rbp = next_rbp
+    return frames
 
 
 def format_registers(regs: dict[str, int]) -> str:
@@ -400,6 +448,8 @@ class ChildPartition:
         self._logs: list[str] = []
         self._syncs: list[tuple[int, tuple[int, ...]]] = []
         self._closed = False
+        self._pause_requested = False
+        self._pause_cv = threading.Condition()
         try:
             self._build()
         except BaseException:
@@ -573,6 +623,52 @@ class ChildPartition:
         """End the run from the host side (a device or callback decided the guest is done)."""
         self._finish(RunResult(status, reason))
 
+    def pause(self, timeout: float = 5.0) -> bool:
+        """Hold every vCPU at a safe point: outside KVM_RUN, between two exits.
+
+        Each vCPU thread is kicked (``immediate_exit`` + :data:`KICK_SIGNAL`), finishes the exit
+        it is servicing and waits before entering the guest again. Returns True once every live
+        vCPU thread is held (threads that already ended count as held), False if that did not
+        happen within ``timeout`` seconds (the pause stays requested; :meth:`resume` undoes it).
+        May be called before :meth:`run` starts the threads: they then hold before their first
+        entry. Devices' own threads (VSP data planes) are not paused.
+        """
+        with self._pause_cv:
+            self._pause_requested = True
+        deadline = time.monotonic() + timeout
+        kicked: set[int] = set()
+        with self._pause_cv:
+            while True:
+                threads = getattr(self, "_threads", None)
+                if threads:
+                    for t in threads:
+                        if t.index not in kicked and t.thread is not None:
+                            t.kick()
+                            kicked.add(t.index)
+                    if self._all_held(threads):
+                        return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._pause_cv.wait(min(remaining, 0.05))
+
+    def resume(self) -> None:
+        """Let vCPUs held by :meth:`pause` enter the guest again."""
+        with self._pause_cv:
+            self._pause_requested = False
+            self._pause_cv.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        """True while a pause is requested and every live vCPU thread is held."""
+        threads = getattr(self, "_threads", None)
+        return bool(self._pause_requested and threads and self._all_held(threads))
+
+    @staticmethod
+    def _all_held(threads) -> bool:
+        return all(t.held or (t.thread is not None and not t.thread.is_alive())
+                   for t in threads) and all(t.thread is not None for t in threads)
+
     def symbolize(self, addr: int) -> str:
         """``name+0xoff`` for a guest address, from the image's symbol table."""
         return self.symbols.symbolize(addr)
@@ -644,7 +740,7 @@ class ChildPartition:
                 if deadline is not None and now >= deadline:
                     self._finish(RunResult("timeout", f"guest ran past the {timeout:g} s timeout"))
                     break
-                if probe:
+                if probe and not self._pause_requested:
                     self._probe_stalled(now, probe)
                 if all(t.thread is not None and not t.thread.is_alive() for t in self._threads):
                     self._finish(RunResult("host-error", "every vCPU thread ended without an outcome"))

@@ -51,6 +51,8 @@ class RunResult:
     #: For faults and crashes: register name -> value.
     registers: dict[str, int] = field(default_factory=dict)
     symbol: str = ""
+    #: Symbolized frames (innermost first) for asserts and faults.
+    backtrace: list[str] = field(default_factory=list)
     assert_file: str = ""
     assert_line: int = 0
 
@@ -103,6 +105,7 @@ class RunResult:
             "vcpus": {str(k): v for k, v in self.vcpu_state.items()},
             "registers": self.registers,
             "symbol": self.symbol,
+            "backtrace": self.backtrace,
             "assert": {"file": self.assert_file, "line": self.assert_line} if self.assert_file else None,
             "logs": self.logs,
             "serial": self.serial.decode("utf-8", "replace"),
