@@ -17,6 +17,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .kvm._fd import close_mmap
+
 PAGE_SIZE = 4096
 
 #: Start of the 32-bit MMIO hole (LAPIC, IOAPIC, device MMIO live above it); RAM beyond it moves
@@ -104,14 +106,8 @@ class GuestMemory:
             self._view = None
         for r in self.regions:
             r._buf = None
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                # A caller still holds a view of guest RAM: the mapping is released when the last
-                # view goes; the memfd is closed now and no new access is possible (_mm is None).
-                pass
-            self._mm = None
+        close_mmap(self._mm)   # a view a caller still holds keeps the mapping until it goes
+        self._mm = None
         if self.memfd >= 0:
             os.close(self.memfd)
             self.memfd = -1

@@ -8,7 +8,8 @@ import os
 
 from . import abi
 from ._ioctl import ioctl
-from .errors import KvmError, KvmUnavailable
+from ._fd import FdOwner
+from .errors import KvmUnavailable
 
 DEFAULT_PATH = "/dev/kvm"
 
@@ -18,7 +19,7 @@ def kvm_device_path() -> str:
     return os.environ.get("HVKVM_KVM_DEVICE", DEFAULT_PATH)
 
 
-class Kvm:
+class Kvm(FdOwner):
     """An open ``/dev/kvm``; owns the fd (idempotent :meth:`close`, ``with`` support)."""
 
     def __init__(self, path: str | None = None):
@@ -36,18 +37,6 @@ class Kvm:
         except BaseException:
             self.close()
             raise
-
-    def __enter__(self) -> "Kvm":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close ``/dev/kvm``. Safe to call twice."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
     def get_api_version(self) -> int:
         """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import mmap
-import os
 
 from . import abi
+from ._fd import FdOwner, close_mmap
 from ._ioctl import ioctl
 from .errors import KvmError
 
 
-class Vcpu:
+class Vcpu(FdOwner):
     """A vCPU fd and its ``kvm_run`` mapping; owns both (idempotent :meth:`close`)."""
 
     def __init__(self, fd: int, index: int):
@@ -27,26 +27,11 @@ class Vcpu:
         self.run_struct = abi.kvm_run.from_buffer(self._mm)
         self.mmap_size = size
 
-    def __enter__(self) -> "Vcpu":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Unmap kvm_run and close the fd. Safe to call twice."""
+    def _release(self) -> None:
+        """Unmap kvm_run before the fd closes."""
         self.run_struct = None
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                # Someone still holds a kvm_run view; the mapping goes when they drop it. The fd
-                # closes now, so the vCPU itself is released either way.
-                pass
-            self._mm = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        close_mmap(self._mm)
+        self._mm = None
 
     def run_address(self) -> int:
         """Host address of the kvm_run page (for C code that reads exits)."""

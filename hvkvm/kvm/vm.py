@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import ctypes
-import os
 
 from . import abi
+from ._fd import FdOwner
 from ._ioctl import ioctl
 
 
-class Vm:
-    """A KVM VM fd; owns it (idempotent :meth:`close`, ``with`` support)."""
+class Vm(FdOwner):
+    """A KVM VM fd; owns it (idempotent :meth:`close`, ``with`` support). Close its vCPUs and
+    memory slots first."""
 
     def __init__(self, fd: int, kvm):
         self.fd = fd
         self.kvm = kvm
-
-    def __enter__(self) -> "Vm":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the VM fd. Safe to call twice. vCPUs and mappings must be closed first."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd (per-VM answers, e.g. KVM_CAP_NR_MEMSLOTS)."""
