@@ -1,0 +1,30 @@
+/*
+ * check.h - shared between disk_check's kernel part (main.c) and its I/O loop (u_check.c).
+ */
+#ifndef DISK_CHECK_H
+#define DISK_CHECK_H
+
+#include "storvsc.h"
+
+struct check_run {
+	struct storvsc_dev *d;
+	uint64_t seed;
+	uint32_t chunk;     /* bytes per READ */
+	uint32_t qd;        /* READs in flight */
+	uint32_t stride;
+	uint32_t reserved;
+	uint8_t *bufs;
+	uint64_t sectors, bytes, ios, cycles;
+	/* the lowest mismatching sector found, ~0 if none */
+	uint64_t bad_lba, bad_word[2];
+	uint32_t bad_offset;   /* byte of the sector that differs */
+	uint32_t reserved2;
+};
+
+extern struct storvsc_dev check_dev;
+extern struct check_run check_user_run;
+
+/* Read the whole disk and check every sector; ASSERT on the first (lowest) mismatch. */
+int check_task(void *arg);
+
+#endif

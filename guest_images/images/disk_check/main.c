@@ -1,0 +1,57 @@
+/*
+ * disk_check - read the whole storvsc disk back and check the format disk_fill wrote: every
+ * 512-byte sector starts with its LBA and the seed (little-endian u64s), the rest zero.
+ *
+ * Command line: seed=N (1) bs=BYTES (65536: bytes per READ) qd=N (8) ring=3|0 (3)
+ *   ring_pages=N (32) disk=N (0) stall_s=N (20)
+ * SYNC 1 after the probe (protocol version, blocks, max transfer bytes, qd max for bs, write
+ * protected); SYNC 3 after the last READ (sectors, bytes, READs); DONE(0). The first (lowest)
+ * mismatching sector is an ASSERT "disk_check: LBA n: ..." naming what differs.
+ */
+#include "check.h"
+
+int hv_main(void)
+{
+	struct check_run *k = &check_user_run;
+	struct storvsc_dev *d = &check_dev;
+	uint64_t ring = hv_arg_u64("ring", 3), ring_pages = hv_arg_u64("ring_pages", 32);
+	uint64_t qd, chunk;
+	uint32_t qd_max;
+	int rc;
+
+	memset(k, 0, sizeof(*k));
+	k->seed = hv_arg_u64("seed", 1);
+	HV_ASSERT(ring == 0 || ring == 3, "disk_check: ring must be 0 or 3");
+	rc = storvsc_open(d, (unsigned)hv_arg_u64("disk", 0), (uint32_t)ring_pages);
+	HV_ASSERT(rc == 0, "disk_check: storvsc_open: %d (%s)", rc, storvsc_strerror(rc));
+	d->stall_cycles = d->tsc_hz * hv_arg_u64("stall_s", 20);
+	k->d = d;
+	chunk = hv_arg_u64("bs", 65536);
+	if (chunk > d->max_transfer)
+		chunk = d->max_transfer;
+	HV_ASSERT(chunk >= d->block_size && chunk % d->block_size == 0,
+		  "disk_check: bs must be a multiple of %u", d->block_size);
+	k->chunk = (uint32_t)chunk;
+	qd_max = storvsc_qd_max(d, k->chunk);
+	qd = hv_arg_u64("qd", 8);
+	if (qd > qd_max)
+		qd = qd_max;
+	HV_ASSERT(qd >= 1, "disk_check: qd must be >= 1");
+	k->qd = (uint32_t)qd;
+	k->stride = (k->chunk + HVR_PAGE_SIZE - 1) & ~(HVR_PAGE_SIZE - 1);
+	k->bufs = storvsc_dma_alloc((uint64_t)k->stride * k->qd);
+	HV_ASSERT(k->bufs, "disk_check: no RAM for %u buffers of %u bytes", k->qd, k->chunk);
+	hv_sync(1, d->version, d->blocks, d->max_transfer, qd_max, d->write_protected);
+
+	if (ring == 3)
+		HV_ASSERT_EQ(hv_run_user(check_task, k), 0);
+	else
+		check_task(k);
+	hv_log("disk_check: seed %llu: %llu sectors (%llu bytes) good, %llu READs of up to %u "
+	       "bytes, qd %u, ring %llu", (unsigned long long)k->seed,
+	       (unsigned long long)k->sectors, (unsigned long long)k->bytes,
+	       (unsigned long long)k->ios, k->chunk, k->qd, (unsigned long long)ring);
+	rc = storvsc_close(d);
+	HV_ASSERT(rc == 0, "disk_check: close: %d", rc);
+	return 0;
+}
