@@ -12,7 +12,7 @@ struct check_run {
 	uint32_t chunk;     /* bytes per READ */
 	uint32_t qd;        /* READs in flight */
 	uint32_t stride;
-	uint32_t reserved;
+	uint32_t buf_offset; /* each buffer starts this far into a page */
 	uint8_t *bufs;
 	uint64_t sectors, bytes, ios, cycles;
 	/* the lowest mismatching sector found, ~0 if none */

@@ -4,6 +4,8 @@
  *
  * Command line: seed=N (1) bs=BYTES (65536: bytes per READ) qd=N (8) ring=3|0 (3)
  *   ring_pages=N (32) disk=N (0) stall_s=N (20)
+ *   buf_offset=N (0: each buffer starts this many bytes into a page; transfers then cross
+ *   page boundaries)
  * SYNC 1 after the probe (protocol version, blocks, max transfer bytes, qd max for bs, write
  * protected); SYNC 3 after the last READ (sectors, bytes, READs); DONE(0). The first (lowest)
  * mismatching sector is an ASSERT "disk_check: LBA n: ..." naming what differs.
@@ -38,7 +40,9 @@ int hv_main(void)
 		qd = qd_max;
 	HV_ASSERT(qd >= 1, "disk_check: qd must be >= 1");
 	k->qd = (uint32_t)qd;
-	k->stride = (k->chunk + HVR_PAGE_SIZE - 1) & ~(HVR_PAGE_SIZE - 1);
+	k->buf_offset = (uint32_t)hv_arg_u64("buf_offset", 0);
+	HV_ASSERT(k->buf_offset < HVR_PAGE_SIZE, "disk_check: buf_offset must be 0..4095");
+	k->stride = (k->buf_offset + k->chunk + HVR_PAGE_SIZE - 1) & ~(HVR_PAGE_SIZE - 1);
 	k->bufs = storvsc_dma_alloc((uint64_t)k->stride * k->qd);
 	HV_ASSERT(k->bufs, "disk_check: no RAM for %u buffers of %u bytes", k->qd, k->chunk);
 	hv_sync(1, d->version, d->blocks, d->max_transfer, qd_max, d->write_protected);

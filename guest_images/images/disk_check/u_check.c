@@ -67,7 +67,7 @@ int check_task(void *arg)
 		while (next < total && k->bad_lba == ~0ULL && nfree) {
 			uint32_t idx = free_bufs[nfree - 1];
 			uint32_t n = total - next < per_io ? (uint32_t)(total - next) : per_io;
-			uint8_t *buf = k->bufs + (size_t)idx * k->stride;
+			uint8_t *buf = k->bufs + (size_t)idx * k->stride + k->buf_offset;
 
 			rc = storvsc_submit(d, STORVSC_OP_READ, next / spb, n / spb, buf, 0, idx);
 			if (rc == STORVSC_EAGAIN)

@@ -5,6 +5,8 @@
  *
  * Command line: seed=N (1) bs=BYTES (65536: bytes per WRITE, up to the host's max transfer)
  *   qd=N (8) ring=3|0 (3) ring_pages=N (32) disk=N (0) stall_s=N (20)
+ *   buf_offset=N (0: each buffer starts this many bytes into a page; transfers then cross
+ *   page boundaries)
  * SYNC 1 after the probe (protocol version, blocks, max transfer bytes, qd max for bs, write
  * protected); SYNC 2 when the flush completed (sectors, bytes, WRITEs, flushes); DONE(0).
  * A failed request is an ASSERT naming the command, LBA and sense (a read-only disk answers
@@ -40,7 +42,9 @@ int hv_main(void)
 		qd = qd_max;
 	HV_ASSERT(qd >= 1, "disk_fill: qd must be >= 1");
 	f->qd = (uint32_t)qd;
-	f->stride = (f->chunk + HVR_PAGE_SIZE - 1) & ~(HVR_PAGE_SIZE - 1);
+	f->buf_offset = (uint32_t)hv_arg_u64("buf_offset", 0);
+	HV_ASSERT(f->buf_offset < HVR_PAGE_SIZE, "disk_fill: buf_offset must be 0..4095");
+	f->stride = (f->buf_offset + f->chunk + HVR_PAGE_SIZE - 1) & ~(HVR_PAGE_SIZE - 1);
 	f->bufs = storvsc_dma_alloc((uint64_t)f->stride * f->qd);
 	HV_ASSERT(f->bufs, "disk_fill: no RAM for %u buffers of %u bytes", f->qd, f->chunk);
 	hv_sync(1, d->version, d->blocks, d->max_transfer, qd_max, d->write_protected);

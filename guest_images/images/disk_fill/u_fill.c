@@ -32,12 +32,12 @@ int fill_task(void *arg)
 
 	for (uint32_t i = 0; i < f->qd; i++) {
 		free_bufs[i] = (uint16_t)i;
-		memset(f->bufs + (size_t)i * f->stride, 0, f->chunk);
+		memset(f->bufs + (size_t)i * f->stride + f->buf_offset, 0, f->chunk);
 	}
 	while (next < total || d->inflight) {
 		while (next < total && nfree) {
 			uint32_t idx = free_bufs[nfree - 1];
-			uint8_t *buf = f->bufs + (size_t)idx * f->stride;
+			uint8_t *buf = f->bufs + (size_t)idx * f->stride + f->buf_offset;
 			uint32_t n = total - next < per_io ? (uint32_t)(total - next) : per_io;
 			uint32_t spb = d->block_size / STORVSC_SECTOR;
 
