@@ -17,7 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -215,6 +219,47 @@ def test_check_names_the_first_bad_lba(storage, what, expect):
     assert r.status == "assert", r.reason
     assert expect in r.reason, r.reason
     assert 3 not in syncs
+
+
+_KILL9_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from hvkvm.partition.config import PartitionConfig
+    from hvkvm.partition.partition import ChildPartition
+    from hvkvm.vsp.disk import Disk
+    from hvkvm.vsp.storvsc import StorvscVsp
+    image, path, plane, seed = sys.argv[1:5]
+
+    def on_sync(vcpu, uc):
+        if uc.args[0] == 2:      # the guest has the SYNCHRONIZE CACHE completion
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    disk = Disk(path)
+    cfg = PartitionConfig(image=image, cmdline=f"disk_fill seed={seed} qd=16 bs=131072",
+                          vsps=[StorvscVsp(disk, plane=plane)], on_sync=on_sync, timeout=60)
+    r = ChildPartition(cfg).run()
+    print("not killed:", r.status, r.reason, flush=True)
+""")
+
+
+@kvm
+def test_a_flushed_fill_survives_kill_9_of_the_parent(storage, tmp_path):
+    """The parent process is SIGKILLed the moment the guest holds the flush's completion (in its
+    SYNC 2 callback); the image has every sector of that fill. Several rounds on one image, each
+    rewriting every sector, alternating data planes; then a guest reads the last one back.
+    (kill -9 loses what the process held, not the page cache: nothing may be held back.)"""
+    rounds = int(os.environ.get("HVKVM_KILL9_ROUNDS", "4"))
+    path = storage.new_disk(size=4 * MiB)
+    script = tmp_path / "kill9_child.py"
+    script.write_text(_KILL9_CHILD)
+    for seed in range(100, 100 + rounds):
+        plane = PLANES[seed % 2]
+        child = subprocess.run([sys.executable, str(script), storage.image["disk_fill"], path,
+                                plane, str(seed)], capture_output=True, text=True, timeout=120)
+        assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+        host_check_filled(path, seed)
+    r, syncs, _ = storage.run("disk_check", f"seed={seed}", path)
+    ok(r)
+    assert syncs[3][0] == 8192
 
 
 # ---- read-only disks ------------------------------------------------------------------------
