@@ -589,6 +589,8 @@ struct nvsp_message {
 #define NDIS_OFFLOAD_ENCAP_NULL 0x0001
 #define NDIS_OFFLOAD_ENCAP_8023 0x0002
 #define NDIS_RECEIVE_SCALE_CAPABILITIES_REVISION_2 2
+/* bytes of ndis_offload_params a VSC of NVSP <= 4 sends */
+#define VERSION_4_OFFLOAD_SIZE 22
 #define NDIS_RECEIVE_SCALE_PARAMETERS_REVISION_2 2
 
 /* rndis_per_packet_info.type (enum ndis_per_pkt_info_type) */

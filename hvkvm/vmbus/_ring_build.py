@@ -295,24 +295,91 @@ int hvr_storage_exec_cdb(struct hvr_storage *s, uint8_t path_id, uint8_t target_
                          struct hvr_scsi_result *res);
 """
 
+#: The netvsc data plane: NVSP/RNDIS on a channel, frames to and from a TAP (csrc/hvr_net.c).
+CDEF_NET = r"""
+#define HVR_NET_MAX_RX_BATCH ...
+#define HVR_NET_MAX_MSG ...
+#define HVR_NET_MAX_CONTROL ...
+#define HVR_NET_RX_HEADER ...
+#define HVR_NET_NERR ...
+enum hvr_net_error_code {
+    HVR_NET_ERR_NONE, HVR_NET_ERR_SHORT_NVSP, HVR_NET_ERR_NVSP_TYPE, HVR_NET_ERR_PACKET_TYPE,
+    HVR_NET_ERR_SEND_SECTION, HVR_NET_ERR_NO_BUFFER, HVR_NET_ERR_GPA, HVR_NET_ERR_NO_DATA,
+    HVR_NET_ERR_RNDIS_LEN, HVR_NET_ERR_RNDIS_PACKET, HVR_NET_ERR_RNDIS_TYPE,
+    HVR_NET_ERR_RNDIS_REQUEST, HVR_NET_ERR_RECV_COMPLETION, HVR_NET_ERR_NO_SECTION,
+    HVR_NET_ERR_TAP, HVR_NET_ERR_TOO_MANY, HVR_NET_ERR_MAX
+};
+struct hvr_net_error {
+    uint32_t code;
+    uint32_t a;
+    uint32_t b;
+    uint32_t c;
+};
+struct hvr_net_stats {
+    uint64_t rx_frames; uint64_t rx_bytes; uint64_t rx_packets; uint64_t rx_dropped;
+    uint64_t rx_wait_section; uint64_t rx_wait_ring; uint64_t tx_frames; uint64_t tx_bytes;
+    uint64_t tx_dropped; uint64_t tx_packets; uint64_t control; uint64_t indications;
+    uint64_t completions; uint64_t errors; uint64_t errors_lost;
+};
+struct hvr_net {
+    const struct hvr_ram_region *regions;
+    uint32_t nregions;
+    int tap_fd;
+    uint32_t vnet_hdr;
+    uint32_t mtu;
+    uint8_t mac[6];
+    uint16_t recv_buf_id;
+    uint32_t nvsp_version;
+    uint8_t *recv_buf;
+    uint32_t recv_buf_size;
+    uint32_t recv_section_size;
+    uint32_t recv_section_count;
+    uint8_t *send_buf;
+    uint32_t send_buf_size;
+    uint32_t send_section_size;
+    uint32_t send_section_count;
+    uint32_t control_sections;
+    uint32_t rx_batch;
+    uint32_t link_speed;
+    int err_fd;
+    volatile uint32_t link_up;
+    uint32_t rndis_initialized;
+    uint32_t packet_filter;
+    uint32_t link_reported;
+    uint32_t recv_revoked;
+    uint32_t send_revoked;
+    uint32_t nfree;
+    struct hvr_net_stats stats;
+    ...;
+};
+int hvr_net_init(struct hvr_net *n);
+void hvr_net_fini(struct hvr_net *n);
+int hvr_net_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);
+int hvr_net_start(struct hvr_plane *p);
+int hvr_net_pop_error(struct hvr_net *n, struct hvr_net_error *out);
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.cdef(CDEF_SYNIC)
 ffibuilder.cdef(CDEF_PLANE)
 ffibuilder.cdef(CDEF_STORAGE)
+ffibuilder.cdef(CDEF_NET)
 ffibuilder.set_source(
     "hvkvm.vmbus._hvring",
     '#include "vmbus_ring.h"\n#include "hv_synic.h"\n#include "hvr_plane.h"\n'
-    '#include "hvr_storage.h"\n',
+    '#include "hvr_storage.h"\n#include "hvr_net.h"\n',
     sources=[_rel(_CSRC / "vmbus_ring.c"), _rel(_CSRC / "hv_synic.c"),
-             _rel(_CSRC / "hvr_plane.c"), _rel(_CSRC / "hvr_storage.c")],
+             _rel(_CSRC / "hvr_plane.c"), _rel(_CSRC / "hvr_storage.c"),
+             _rel(_CSRC / "hvr_net.c")],
     include_dirs=[_rel(_CSRC)],
     define_macros=[("HVR_HOSTED", "1")],
     extra_compile_args=_compile_args(),
     extra_link_args=_link_args(),
     depends=[_rel(_CSRC / "vmbus_ring.h"), _rel(_CSRC / "hv_synic.h"),
              _rel(_CSRC / "hvr_plane.h"), _rel(_CSRC / "hvr_storage.h"),
-             _rel(_CSRC / "storvsc_proto.h")],
+             _rel(_CSRC / "storvsc_proto.h"), _rel(_CSRC / "hvr_net.h"),
+             _rel(_CSRC / "netvsc_proto.h")],
 )
 
 if __name__ == "__main__":
