@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check /dev/kvm and say which kind of KVM this is")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--no-probe", action="store_true", help="skip the CPL0/CPL3 timing probe")
+    from .service.cli import add_parsers as _add_service_parsers
+    _add_service_parsers(sub, _Parser, _positive_int, _size, _seconds)
     return p
 
 
@@ -308,6 +310,12 @@ def cmd_doctor(args) -> int:
     return 0 if rep.ok else 1
 
 
+def _service_handlers() -> dict:
+    """``service``, ``vm`` and ``events`` (hvkvm.service; no FastAPI import here)."""
+    from .service.cli import HANDLERS
+    return HANDLERS
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hvkvm`` command; returns the exit code."""
     parser = build_parser()
@@ -317,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         handler = {"run": cmd_run, "images": cmd_images, "doctor": cmd_doctor,
-                   "bench": cmd_bench, "disk": cmd_disk, "test": cmd_test}[args.command]
+                   "bench": cmd_bench, "disk": cmd_disk, "test": cmd_test,
+                   **_service_handlers()}[args.command]
         return handler(args)
     except UsageError as e:
         print(f"hvkvm: error: {e}", file=sys.stderr)
