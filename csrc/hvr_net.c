@@ -1184,7 +1184,7 @@ int hvr_net_start(struct hvr_plane *p)
 {
 	int rc;
 
-	if (p->handler != hvr_net_handler || !p->ctx)
+	if (!p->ctx)
 		return -EINVAL;
 	rc = pthread_create(&p->thread, NULL, net_main, p);
 	if (rc)
