@@ -76,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--disk", action="append", default=[], metavar="FILE[,ro][,direct]",
                      help="offer a raw disk image on a synthetic SCSI controller (storvsc); "
                           "repeat for more disks (one controller each)")
+    run.add_argument("--net", action="append", default=[],
+                     metavar="tap=NAME[,mac=MAC][,netns=NS][,vnet_hdr]",
+                     help="offer a synthetic NIC (netvsc) on TAP device NAME, opened or created "
+                          "(in network namespace NS if given); repeat for more NICs")
     run.add_argument("--dataplane", choices=["c", "python"], default="c",
-                     help="the storage data plane (default c)")
+                     help="the storage and network data plane (default c)")
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
     disk = sub.add_parser("disk", help="create raw disk images")
@@ -135,6 +139,33 @@ def _open_disks(specs: list[str]) -> list:
     return disks
 
 
+def _open_taps(specs: list[str]) -> list:
+    """Open (or create) the TAP device of every ``--net``; UsageError (one line) on the first
+    bad one. Returns [(NetSpec, TapDevice)]."""
+    from .vsp.netvsc import NetError, TapDevice, parse_net_spec
+    taps = []
+    try:
+        for spec in specs:
+            ns = parse_net_spec(spec)
+            taps.append((ns, TapDevice(ns.tap, netns=ns.netns, vnet_hdr=ns.vnet_hdr)))
+    except NetError as e:
+        for _, t in taps:
+            t.close()
+        raise UsageError(str(e)) from None
+    return taps
+
+
+def _net_vsps(taps: list, plane: str) -> list:
+    """One netvsc NIC per TAP, with stable instance ids (and so MACs) by position."""
+    import uuid
+
+    from .vmbus.wire import HV_NIC_GUID
+    from .vsp.netvsc import NetvscVsp
+    return [NetvscVsp(tap, mac=spec.mac, plane=plane,
+                      instance_id=uuid.uuid5(HV_NIC_GUID, f"nic{i}:{spec.tap}"))
+            for i, (spec, tap) in enumerate(taps)]
+
+
 def _storage_vsps(disks: list, plane: str) -> list:
     """One storvsc controller per disk (LUN 0), with stable instance ids by position."""
     import uuid
@@ -167,16 +198,25 @@ def cmd_run(args) -> int:
         cmdline = name + (f" cpus={args.vcpus}" if args.vcpus > 1 else "")
     disks = _open_disks(args.disk)
     try:
+        taps = _open_taps(args.net)
+    except UsageError:
+        for d in disks:
+            d.close()
+        raise
+    try:
         out, close_out = _open_serial(args.serial, args.json)
     except UsageError:
         for d in disks:
             d.close()
+        for _, t in taps:
+            t.close()
         raise
     vsps = []
     if args.echo:
         from .vsp.echo import EchoVsp
         vsps.append(EchoVsp(plane=args.echo))
     vsps += _storage_vsps(disks, args.dataplane)
+    vsps += _net_vsps(taps, args.dataplane)
     cfg = PartitionConfig(image=path, memory=args.memory, vcpus=args.vcpus, cmdline=cmdline,
                           serial_out=out, timeout=args.timeout, strict_io=args.strict_io,
                           serial_stdin=sys.stdin.isatty() and not args.json, vsps=vsps)
@@ -201,6 +241,8 @@ def cmd_run(args) -> int:
             out.close()
         for d in disks:
             d.close()
+        for _, t in taps:
+            t.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     if result.detail and not result.passed:
