@@ -312,3 +312,99 @@ def test_close_stops_the_worker_and_a_reopen_negotiates_again(bus):
 def test_interval_must_be_positive():
     with pytest.raises(ValueError):
         HeartbeatVsp(interval=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Real guest: guest_images/images/ic_demo with the runtime's VSCs (guest_images/rt/k_ic.c)
+# --------------------------------------------------------------------------------------------
+
+kvm = pytest.mark.kvm
+
+
+def ic_demo(make_partition, vsps, cmdline="", timeout=60):
+    from hvkvm import images
+    from hvkvm.partition.config import PartitionConfig
+    cfg = PartitionConfig(image=images.image_path("ic_demo"), cmdline=f"ic_demo {cmdline}",
+                          vsps=vsps, timeout=timeout)
+    return make_partition(cfg)
+
+
+def syncs_of(result):
+    return {args[0]: tuple(args[1:]) for _vcpu, args in result.syncs}
+
+
+@kvm
+def test_real_guest_heartbeats_advance_then_a_shutdown_from_another_thread_ends_the_run(
+        make_partition):
+    hb = HeartbeatVsp(interval=0.2)
+    sd = ShutdownVsp()
+    p = ic_demo(make_partition, [hb, sd])
+    seen = []
+    outcome = {}
+
+    def operator():
+        # What the VM Service does: watch last_heartbeat, then stop the guest gracefully.
+        for n in range(1, 5):
+            if not hb.wait_beats(n, 30):
+                outcome["error"] = f"heartbeat {n} never came: {hb.stats}"
+                break
+            seen.append((hb.last_heartbeat, hb.sequence))
+        outcome["ready"] = sd.wait_ready(30)
+        outcome["sent"] = sd.request_shutdown("hvkvm test: maintenance")
+
+    t = threading.Thread(target=operator, daemon=True)
+    t.start()
+    r = p.run()
+    t.join(5)
+    assert r.passed, f"{r.reason}\n" + "\n".join(r.logs)
+    assert "error" not in outcome, outcome["error"]
+    assert outcome == {"ready": True, "sent": True}
+    # Heartbeats advanced: a later time and the next sequence number each time.
+    times = [s[0] for s in seen]
+    assert times == sorted(times) and len(set(times)) == 4
+    assert [s[1] for s in seen] == [1, 2, 3, 4]
+    assert hb.stats["bad"] == 0 and hb.error_count == 0
+    # The guest negotiated Linux's versions and saw the request as sent.
+    syncs = syncs_of(r)
+    started, hb_relid, sd_relid, version = syncs[1][:4]
+    assert started == 2 and hb_relid and sd_relid and version >> 16 == 5
+    assert syncs[2][:4] == (icw.UTIL_FW_VERSION, icw.HB_VERSION, icw.UTIL_FW_VERSION,
+                            icw.SD_VERSION_3_2)
+    assert hb.negotiated == (icw.UTIL_FW_VERSION, icw.HB_VERSION)
+    assert sd.negotiated == (icw.UTIL_FW_VERSION, icw.SD_VERSION_3_2)
+    flags, reason_code, timeout_s, beats, last_seq = syncs[3][:5]
+    assert (flags, reason_code, timeout_s) == (0, icw.SHTDN_REASON_FLAG_PLANNED, 0)
+    assert beats >= 4 and last_seq == beats          # the guest answered seq + 1 from 0
+    assert any('shutdown requested: "hvkvm test: maintenance"' in ln for ln in r.logs), r.logs
+    # The acknowledgement reached the host before the guest stopped.
+    assert sd.wait_acknowledged(5) == icw.HV_S_OK
+    assert list(p.vmbus.errors) == []
+
+
+@kvm
+def test_real_guest_takes_a_restart_requested_before_it_booted_with_the_default_hook(
+        make_partition):
+    hb = HeartbeatVsp(interval=0.5)
+    sd = ShutdownVsp()
+    # Before the guest even opened the channel: kept, sent once it negotiates.
+    assert sd.request_shutdown("early", reboot=True) is False
+    p = ic_demo(make_partition, [hb, sd], "hook=default")
+    r = p.run()
+    assert r.passed, f"{r.reason}\n" + "\n".join(r.logs)
+    assert r.exit_code == 0
+    assert any('ic: shutdown requested (flags 2, reason 0x80000000): "early"' in ln
+               for ln in r.logs), r.logs
+    assert 3 not in syncs_of(r)                        # the runtime's hook, not the image's
+    assert sd.wait_acknowledged(5) == icw.HV_S_OK and sd.requests == 1
+
+
+@kvm
+def test_real_guest_with_only_a_heartbeat_offered(make_partition):
+    hb = HeartbeatVsp(interval=0.1)
+    p = ic_demo(make_partition, [hb], "exit_beats=5")
+    r = p.run()
+    assert r.passed, f"{r.reason}\n" + "\n".join(r.logs)
+    syncs = syncs_of(r)
+    assert syncs[1][0] == 1 and syncs[1][2] == 0       # shutdown not offered: not started
+    assert syncs[2][:4] == (icw.UTIL_FW_VERSION, icw.HB_VERSION, 0, 0)
+    assert hb.wait_beats(5, 5) and hb.sequence >= 5
