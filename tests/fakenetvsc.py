@@ -281,7 +281,8 @@ class NetGuest:
                 assert wait_for(lambda: bool(self.send_free) or self.pump() < 0), \
                     "no send section free"
                 section = used = self.send_free.pop()
-            self.mem.write(SEND_GPA + section * self.send_section_size, msg)
+            if (section + 1) * self.send_section_size <= self.send_pages * PAGE:
+                self.mem.write(SEND_GPA + section * self.send_section_size, msg)
             rp.send_buf_section_index = section
             rp.send_buf_section_size = len(msg) if section_size is None else section_size
         else:

@@ -1398,6 +1398,7 @@ class _Channel:
             out["kicks"] = self.oc.guest_signals
             out["signals"] = self.oc.host_signals
         out["errors"] = out.get("errors", 0) + self.handshake_stats["errors"]
+        out["handshake_errors"] = self.handshake_stats["errors"]
         out["error_kinds"] = dict(self.error_counts)
         if self.recv is not None:
             out["recv_buffer"] = self.recv.size
