@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,13 +36,14 @@ NOBODY = 65534
 class Service:
     """A ``hvkvm service`` process on its own state directory."""
 
-    def __init__(self, state_dir: Path, *extra: str):
+    def __init__(self, state_dir: Path, *extra: str, env: dict | None = None):
         self.state_dir = state_dir
         self.sock = state_dir / "run" / "api.sock"
         self.log = open(state_dir.parent / f"service-{time.monotonic_ns()}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hvkvm.cli", "service", "--state-dir", str(state_dir), "-v",
-             *extra], stdout=self.log, stderr=subprocess.STDOUT)
+             *extra], stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
         _started.append(self)
         self.client = Client(self.sock, timeout=120)
         end = time.monotonic() + 30
@@ -107,11 +107,52 @@ def state_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+#: A stand-in for the integration services (another engineer's VSPs): loaded into every worker
+#: of the module's service through $HVKVM_WORKER_PLUGINS, active when the guest command line
+#: says ``fakeic=graceful|hang|refuse``.
+FAKE_IC = """
+import os, signal, threading, time, uuid
+from hvkvm.vmbus.server import Vsp
+
+class FakeShutdownIc(Vsp):
+    class_id = uuid.UUID("0e0b6031-5213-4934-818b-38d90ced39db")   # Hyper-V's shutdown IC
+    name = "fake-shutdown"
+
+    def __init__(self, mode):
+        self.mode, self.requests = mode, 0
+        self.last_heartbeat = time.time() - 1.5
+
+    def request_shutdown(self):
+        self.requests += 1
+        if self.mode == "refuse":
+            return False
+        if self.mode == "graceful":   # the guest "powers off" 0.3 s later
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return True                   # hang: nothing happens; the worker hard-stops
+
+    def stats(self):
+        return {"shutdown_requests": self.requests}
+
+def vsp_factory(spec):
+    words = (spec.get("cmdline") or "").split()
+    if "realic" in words:          # the real heartbeat and shutdown VSPs (hvkvm/vsp/ic.py)
+        from hvkvm.vsp.ic import HeartbeatVsp, ShutdownVsp
+        return [ShutdownVsp(), HeartbeatVsp(interval=0.5)]
+    for word in words:
+        if word.startswith("fakeic="):
+            return [FakeShutdownIc(word[len("fakeic="):])]
+    return []
+"""
+
+
 @pytest.fixture(scope="module")
 def svc():
     """One service for the tests that do not restart it."""
     d = Path(tempfile.mkdtemp(prefix="hvs", dir="/tmp"))
-    s = Service(d / "s")
+    (d / "plugins").mkdir()
+    (d / "plugins" / "hvs_fake_ic.py").write_text(FAKE_IC)
+    s = Service(d / "s", env={"HVKVM_WORKER_PLUGINS": "hvs_fake_ic",
+                              "PYTHONPATH": str(d / "plugins")})
     yield s
     with contextlib.suppress(Exception):
         for vm in s.client.list():
@@ -405,11 +446,16 @@ def test_every_verb_through_the_cli(svc, idle_image, tmp_path):
     s = ["--socket", str(svc.sock)]
     disk = tmp_path / "d.img"
     assert run_cli("disk", "create", str(disk), "1M")[0] == 0
+    tap = f"hvs{os.getpid() % 100000}"
     rc, out, err = run_cli("vm", "create", "clivm", "--image", "idle", "--memory", "8M",
-                           "--cmdline", "idle tick_ms=50", "--disk", f"{disk},ro", "--json", *s)
+                           "--cmdline", "idle tick_ms=50", "--disk", f"{disk},ro",
+                           "--nic", f"tap={tap},mac=00:15:5d:01:02:03", "--json", *s)
     assert rc == 0, err
     d = json.loads(out)
     assert d["disks"] == [{"path": str(disk), "readonly": True, "direct": False}]
+    assert d["nics"] == [{"tap": tap, "mac": "00:15:5d:01:02:03"}]
+    rc, out, err = run_cli("vm", "create", "badnic", "--image", "idle", "--nic", "tap=", *s)
+    assert rc == 2 and err.count("\n") == 1
     rc, out, err = run_cli("vm", "start", "clivm", *s)
     assert (rc, out.strip()) == (0, "clivm: Running"), err
     rc, out, _ = run_cli("vm", "list", *s)
@@ -425,7 +471,10 @@ def test_every_verb_through_the_cli(svc, idle_image, tmp_path):
     assert rc == 0 and "worker CPU" in out and "exits:" in out and "StorvscVsp" in out
     rc, out, _ = run_cli("vm", "stats", "clivm", "--json", *s)
     st = json.loads(out)
-    assert st["vsps"][0]["class"] == "StorvscVsp" and "stats" in st["vsps"][0]
+    assert [v["class"] for v in st["vsps"]] == ["StorvscVsp", "NetvscVsp"]
+    assert "stats" in st["vsps"][0]
+    assert tap in subprocess.run(["ip", "-o", "link", "show", tap], capture_output=True,
+                                 text=True).stdout
     assert st["hv"] is not None                      # a disk brings the Hyper-V interface
     buf = io.BytesIO()
     old, wrapper = sys.stdout, io.TextIOWrapper(buf)
@@ -475,6 +524,19 @@ def test_guest_crash_and_hostile_guest_are_crashed_with_decoded_events(svc, idle
     for name in ("crasher", "hostile"):
         c.delete(name)
     shutil.rmtree(elf.parent, ignore_errors=True)
+
+    # A partition whose devices cannot be built does not start; the reason is one line.
+    disk = Path(tempfile.mkdtemp(prefix="hvs", dir="/tmp")) / "gone.img"
+    disk.write_bytes(bytes(1 << 20))
+    c.create(name="nodisk", image="idle", memory=MEM, disks=[{"path": str(disk)}])
+    shutil.rmtree(disk.parent)
+    with pytest.raises(ApiError) as ei:
+        c.start("nodisk")
+    assert ei.value.status == 409 and "did not start: start failed: DiskError" in str(ei.value)
+    assert c.show("nodisk")["state"] == "Off"
+    assert any("start failed" in e["message"] for e in
+               events(c, partition="nodisk", severity="error"))
+    c.delete("nodisk")
 
 
 @pytest.mark.kvm
@@ -602,3 +664,55 @@ def test_a_second_service_on_the_same_state_dir_is_refused(state_dir):
                         str(state_dir)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "another service" in p.stderr and p.stderr.count("\n") == 1
     assert s1.terminate() == 0
+
+
+@pytest.mark.kvm
+def test_stop_is_graceful_through_a_shutdown_hook_and_hard_after_the_timeout(svc, idle_image):
+    c = svc.client
+    for mode in ("graceful", "hang", "refuse"):
+        c.create(name=f"ic-{mode}", image="idle", memory=MEM, cmdline=f"idle fakeic={mode}")
+        c.start(f"ic-{mode}")
+    vm = c.show("ic-hang")
+    assert 1.0 < vm["heartbeat"]["age_s"] < 60          # the heartbeat an IC reports
+    st = c.stats("ic-hang")
+    assert st["heartbeat"]["last"] and st["vsps"][0]["class"] == "FakeShutdownIc"
+
+    t0 = time.monotonic()
+    vm = c.stop("ic-graceful", timeout=20)
+    assert vm["state"] == "Off" and vm["graceful"] is True
+    assert time.monotonic() - t0 < 10                  # ended by the guest, not the timeout
+
+    t0 = time.monotonic()
+    vm = c.stop("ic-hang", timeout=1)
+    assert vm["state"] == "Off" and vm["graceful"] is True
+    assert time.monotonic() - t0 >= 1.0
+    assert "did not shut down within 1 s" in vm["last_result"]["reason"]
+
+    vm = c.stop("ic-refuse", timeout=20)
+    assert vm["state"] == "Off" and vm["graceful"] is False
+    assert "cannot reach the guest" in vm["reason"]
+    msgs = [e["message"] for e in events(c, partition="ic-hang")]
+    assert any("graceful shutdown requested; hard stop in 1 s" in m for m in msgs), msgs
+    for mode in ("graceful", "hang", "refuse"):
+        c.delete(f"ic-{mode}")
+
+
+@pytest.mark.kvm
+def test_stop_is_graceful_with_the_real_integration_services(svc):
+    from hvkvm.images import resolve_image
+    resolve_image("ic_demo")
+    c = svc.client
+    c.create(name="icreal", image="ic_demo", memory=MEM, cmdline="ic_demo realic")
+    c.start("icreal")
+
+    def negotiated():
+        st = c.stats("icreal")
+        return st["heartbeat"] and st["heartbeat"]["last"] and \
+            all(v["stats"]["state"] == "ready" for v in st["vsps"])
+
+    assert proto.wait_until(negotiated, 30, 0.1), c.stats("icreal")
+    assert c.show("icreal")["heartbeat"]["age_s"] < 10
+    vm = c.stop("icreal", timeout=20)
+    assert vm["state"] == "Off" and vm["graceful"] is True, vm
+    assert vm["last_result"]["status"] == "pass"          # the guest acknowledged and stopped
+    c.delete("icreal")

@@ -149,3 +149,33 @@ def test_private_dirs_and_socket_path_limits(tmp_path):
     link.symlink_to(d)
     with pytest.raises(PathError, match="not a directory"):
         private_dir(link)
+
+
+class _Sink:
+    def __init__(self):
+        self.events = []
+
+    def emit(self, event, **fields):
+        self.events.append((event, fields))
+
+
+def test_device_errors_become_rate_limited_events():
+    import logging
+
+    from hvkvm.service.worker import _EventHandler
+    sink = _Sink()
+    h = _EventHandler(sink, burst=3, window=60)
+    logger = logging.getLogger("hvkvm")
+    logger.addHandler(h)
+    try:
+        logging.getLogger("hvkvm.storvsc").error("storvsc: channel %d failed", 5)
+        logging.getLogger("hvkvm.vmbus").error("vmbus: guest error: %s", "bad GPADL")
+        logging.getLogger("hvkvm.hv").info("not forwarded (below WARNING)")
+        for i in range(5):
+            logging.getLogger("hvkvm.vsp.serial").warning("flood %d", i)
+    finally:
+        logger.removeHandler(h)
+    got = [(f["severity"], f["source"], f["message"]) for _, f in sink.events]
+    assert got[0] == ("error", "vsp", "storvsc: channel 5 failed")
+    assert got[1] == ("error", "guest", "hostile guest detected: vmbus: guest error: bad GPADL")
+    assert got[2][1:] == ("vsp", "flood 0") and len(got) == 3 and h.suppressed == 4

@@ -35,11 +35,14 @@ class DiskSpec(BaseModel):
 
 
 class NicSpec(BaseModel):
-    """A synthetic network adapter (netvsc); the keys are the netvsc VSP's."""
+    """A synthetic network adapter (netvsc) on a host TAP device (opened, or created for the
+    run), as ``hvkvm run --net`` takes it."""
 
-    model_config = ConfigDict(extra="allow")
-    tap: str | None = Field(None, description="host TAP device")
-    mac: str | None = None
+    model_config = ConfigDict(extra="forbid")
+    tap: str = Field(min_length=1, max_length=15, description="host TAP device name")
+    mac: str | None = Field(None, description="aa:bb:cc:dd:ee:ff (default: from the instance)")
+    netns: str | None = Field(None, description="network namespace of the TAP device")
+    vnet_hdr: bool = False
 
 
 class VmCreate(BaseModel):
@@ -49,7 +52,7 @@ class VmCreate(BaseModel):
     name: str = Field(pattern=NAME_RE.pattern, description="1-48 of [A-Za-z0-9_.-]")
     image: str = Field(min_length=1, description="built-in image name or absolute ELF path")
     vcpus: int = Field(1, ge=1, le=64)
-    memory: int | str = Field("64M", description="bytes, or a size like 64M / 1G")
+    memory: int | str = Field(64 << 20, description="bytes, or a size like 64M / 1G")
     cmdline: str | None = Field(None, max_length=4000,
                                 description="guest command line (default: the image name, "
                                             "plus cpus=N with several vCPUs)")

@@ -53,8 +53,10 @@ def add_parsers(sub, parser_class, positive_int, size, seconds) -> None:
     c.add_argument("--cmdline", default=None, help="guest command line (default: image name)")
     c.add_argument("--disk", action="append", default=[], metavar="FILE[,ro][,direct]",
                    help="a raw disk on its own storvsc controller (repeatable)")
-    c.add_argument("--nic", action="append", default=[], metavar="KEY=VALUE[,...]",
-                   help="a synthetic NIC, e.g. tap=tap0,mac=00:15:5d:00:00:01 (repeatable)")
+    c.add_argument("--nic", action="append", default=[],
+                   metavar="tap=NAME[,mac=..][,netns=NS][,vnet_hdr]",
+                   help="a synthetic NIC (netvsc) on a TAP device, as `hvkvm run --net` "
+                        "(repeatable)")
     c.add_argument("--autostart", action="store_true", help="start with the service")
     for verb, helptext in (("start", "start (spawn its VM Worker process)"),
                            ("pause", "hold its vCPUs"), ("resume", "let it run again"),
@@ -90,6 +92,13 @@ def add_parsers(sub, parser_class, positive_int, size, seconds) -> None:
     ev.add_argument("--source", metavar="SOURCE",
                     help="api, service, worker, guest, vsp, vmbus, hv")
     ev.add_argument("--limit", type=positive_int, default=100)
+
+
+def _usage(message: str) -> int:
+    """One line on stderr, exit 2 (raised exceptions would not reach ``python -m hvkvm.cli``'s
+    handler: there ``hvkvm.cli`` is ``__main__``, a different UsageError class)."""
+    print(f"hvkvm: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _client(args):
@@ -150,20 +159,23 @@ def _print_event(e: dict) -> None:
 
 
 def _nic(spec: str) -> dict:
-    out = {}
-    for item in spec.split(","):
-        if not item:
-            continue
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ValueError(f"bad --nic {spec!r}: use KEY=VALUE[,KEY=VALUE...]")
-        out[key] = value
+    from ..vsp.netvsc import NetError, format_mac, parse_net_spec
+    try:
+        ns = parse_net_spec(spec)
+    except NetError as e:
+        raise ValueError(str(e)) from None
+    out = {"tap": ns.tap}
+    if ns.mac:
+        out["mac"] = format_mac(ns.mac)
+    if ns.netns:
+        out["netns"] = ns.netns
+    if ns.vnet_hdr:
+        out["vnet_hdr"] = True
     return out
 
 
 def cmd_vm(args) -> int:
     """``hvkvm vm VERB``."""
-    from ..cli import UsageError
     verb = args.vm_command
     c = _client(args)
     out = None
@@ -176,7 +188,7 @@ def cmd_vm(args) -> int:
                 disks.append({"path": os.path.abspath(path), "readonly": ro, "direct": direct})
             nics = [_nic(n) for n in args.nic]
         except (DiskError, ValueError) as e:
-            raise UsageError(str(e)) from None
+            return _usage(str(e))
         image = args.image
         if os.path.sep in image or os.path.exists(image):
             image = os.path.abspath(image)
@@ -265,18 +277,17 @@ def cmd_events(args) -> int:
 
 def cmd_service(args) -> int:
     """``hvkvm service``."""
-    from ..cli import UsageError
     from .server import ServiceStartError, main_service
     from .store import parse_duration
     try:
         age = parse_duration(args.events_max_age)
     except ValueError as e:
-        raise UsageError(f"--events-max-age: {e}") from None
+        return _usage(f"--events-max-age: {e}")
     try:
         return main_service(args.state_dir, args.socket, args.on_exit, args.events_max, age,
                             args.verbose)
     except ServiceStartError as e:
-        raise UsageError(str(e)) from None
+        return _usage(str(e))
     except ImportError as e:
         print(f"hvkvm: error: the VM service needs fastapi and uvicorn ({e})", file=sys.stderr)
         return EXIT_SERVICE_ERROR

@@ -213,7 +213,8 @@ class VmService:
                 self.event(out.severity, out.source,
                            f"{out.message} (ended while the service was down)", name,
                            {"result": _summary(result)})
-                self._set_state(name, out.state, out.message, pid=None, starttime=None,
+                self._set_state(name, out.state, f"{out.message} (ended while the service "
+                                                 f"was down)", pid=None, starttime=None,
                                 last_result=_summary(result))
             else:
                 self._set_state(name, "Crashed", f"worker lost while the service was down "
@@ -295,8 +296,17 @@ class VmService:
                 raise ServiceError(f"disks.{i}.path: {p} is not a file "
                                    f"(create one with `hvkvm disk create`)")
             d["readonly"], d["direct"] = bool(d.get("readonly")), bool(d.get("direct"))
+        nics = [{k: v for k, v in dict(n).items() if v not in (None, False)} for n in nics or []]
+        if nics:
+            from ..vsp.netvsc import NetError, parse_net_spec
+            from .worker import nic_spec_string
+            for i, n in enumerate(nics):
+                try:
+                    parse_net_spec(nic_spec_string(n))
+                except NetError as e:
+                    raise ServiceError(f"nics.{i}: {e}") from None
         d = VmDefinition(name=name, vcpus=vcpus, memory=memory, image=image, cmdline=cmdline,
-                         disks=disks, nics=[dict(n) for n in nics or []], autostart=autostart,
+                         disks=disks, nics=nics, autostart=autostart,
                          created=time.time())
         try:
             self.store.add_vm(d)
@@ -632,7 +642,7 @@ class VmService:
         with self.lock:
             self.handles.pop(h.name, None)
             if self.store.get_vm(h.name) is not None:
-                self._set_state(h.name, out.state, out.message, source=out.source, pid=None,
+                self._set_state(h.name, out.state, out.message, source="service", pid=None,
                                 starttime=None,
                                 last_result=_summary(result) if result is not None else None)
             self.cond.notify_all()

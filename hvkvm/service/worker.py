@@ -10,12 +10,15 @@ the main thread and answers the service on ``DIR/sock`` (the protocol is in
 Integration-service hooks (for the VSPs that provide them; the worker does not depend on them):
 
 * graceful stop: the first of the partition object and its VSPs (``spec`` devices, in order)
-  with a callable ``request_shutdown()`` is asked to shut the guest down; returning ``False``
-  means it cannot (e.g. the guest never opened the channel) and the worker hard-stops at once.
+  with a callable ``request_shutdown([reason])`` is asked to shut the guest down
+  (:class:`hvkvm.vsp.ic.ShutdownVsp` is one); returning ``False`` means it cannot now (e.g. the
+  guest has not negotiated the channel) and the worker hard-stops at once.
   Otherwise the worker waits up to the stop timeout for the run to end, then hard-stops.
 * heartbeat: the first of them with a ``last_heartbeat`` attribute (wall-clock epoch seconds or
   None) is reported in ``status`` and ``stats``.
-* more VSPs: append a factory ``f(spec: dict) -> list[Vsp]`` to :data:`VSP_FACTORIES`.
+* more VSPs: append a factory ``f(spec: dict) -> list[Vsp]`` to :data:`VSP_FACTORIES`, or
+  name a module in ``$HVKVM_WORKER_PLUGINS`` (comma-separated; the service passes its
+  environment to its workers) whose ``vsp_factory(spec)`` is then appended at start-up.
 """
 
 from __future__ import annotations
@@ -165,6 +168,32 @@ class _EventHandler(logging.Handler):
             source, msg = "guest", f"hostile guest detected: {msg}"
         sev = "error" if record.levelno >= logging.ERROR else "warning"
         self.worker.emit("log", severity=sev, source=source, message=msg[:2000], details=details)
+
+
+def nic_spec_string(nic: dict) -> str:
+    """A NIC definition (``{"tap", "mac", "netns", "vnet_hdr"}``) in ``hvkvm run --net``'s
+    ``tap=NAME[,mac=..][,netns=NS][,vnet_hdr]`` form."""
+    items = [f"tap={nic.get('tap') or ''}"]
+    if nic.get("mac"):
+        items.append(f"mac={nic['mac']}")
+    if nic.get("netns"):
+        items.append(f"netns={nic['netns']}")
+    if nic.get("vnet_hdr"):
+        items.append("vnet_hdr")
+    return ",".join(items)
+
+
+def _call_shutdown(hook, reason: str):
+    """``hook(reason)`` when it takes an argument (hvkvm.vsp.ic.ShutdownVsp does), else
+    ``hook()``."""
+    import inspect
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return hook()
+    takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+                for p in params)
+    return hook(reason) if takes else hook()
 
 
 class Worker:
@@ -363,7 +392,8 @@ class Worker:
             graceful = False
             if hook is not None:
                 try:
-                    graceful = hook() is not False
+                    graceful = _call_shutdown(hook, "stop requested by the administrator") \
+                        is not False
                 except Exception as e:
                     self.emit("log", severity="error", source="vsp",
                               message=f"shutdown request failed: {type(e).__name__}: {e}",
@@ -522,13 +552,15 @@ class Worker:
             vsps += [StorvscVsp(d, plane=plane, instance_id=uuid.uuid5(HV_SCSI_GUID, f"disk{i}"))
                      for i, d in enumerate(disks)]
         if spec.get("nics"):
-            try:
-                from ..vsp import netvsc
-                factory = getattr(netvsc, "vsp_from_spec")
-            except (ImportError, AttributeError):
-                raise RuntimeError("network adapters need the netvsc VSP "
-                                   "(hvkvm.vsp.netvsc.vsp_from_spec), which this build lacks")
-            vsps += [factory(n) for n in spec["nics"]]
+            from ..vmbus.wire import HV_NIC_GUID
+            from ..vsp.netvsc import NetvscVsp, TapDevice, parse_net_spec
+            plane = spec.get("dataplane", "c")
+            for i, nic in enumerate(spec["nics"]):
+                ns = parse_net_spec(nic_spec_string(nic))
+                tap = stack.enter_context(TapDevice(ns.tap, netns=ns.netns,
+                                                    vnet_hdr=ns.vnet_hdr))
+                vsps.append(NetvscVsp(tap, mac=ns.mac, plane=plane,
+                                      instance_id=uuid.uuid5(HV_NIC_GUID, f"nic{i}:{ns.tap}")))
         for f in VSP_FACTORIES:
             vsps += list(f(spec))
         self.vsps = vsps
@@ -549,6 +581,12 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.emit("state", state="Starting", reason="worker started")
+        try:
+            load_plugins()
+        except Exception as e:  # the partition still starts, without that plugin's VSPs
+            self.emit("log", severity="error", source="worker",
+                      message=f"worker plugin failed to load: {type(e).__name__}: {e}",
+                      details={"plugins": os.environ.get("HVKVM_WORKER_PLUGINS")})
         result: dict
         with contextlib.ExitStack() as stack:
             try:
@@ -597,6 +635,18 @@ class Worker:
         return 0
 
 
+def load_plugins(names: str | None = None) -> None:
+    """Import the modules named in ``$HVKVM_WORKER_PLUGINS`` and register their
+    ``vsp_factory``."""
+    import importlib
+    names = os.environ.get("HVKVM_WORKER_PLUGINS", "") if names is None else names
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        mod = importlib.import_module(name)
+        factory = getattr(mod, "vsp_factory", None)
+        if callable(factory) and factory not in VSP_FACTORIES:
+            VSP_FACTORIES.append(factory)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m hvkvm.service.worker --run-dir DIR --instance ID``."""
     ap = argparse.ArgumentParser(prog="hvkvm-worker")
@@ -610,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"hvkvm worker: cannot read the spec in {args.run_dir}: {e}", file=sys.stderr)
         return 2
+
     return w.main()
 
 
