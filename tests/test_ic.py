@@ -315,6 +315,85 @@ def test_interval_must_be_positive():
 
 
 # --------------------------------------------------------------------------------------------
+# The guest's C negotiation (rt/k_ic.c) against the Python model of Linux's
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def k_ic(tmp_path_factory):
+    """guest_images/rt/k_ic.c built for the host (its ring and hypercall calls stay unresolved:
+    only ic_prep_negotiate_resp, which is pure, is called)."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+    if not shutil.which("gcc"):
+        pytest.fail("gcc is needed")
+    root = Path(__file__).resolve().parent.parent
+    so = tmp_path_factory.mktemp("k_ic") / "k_ic.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-std=gnu11", "-w",
+                    f"-I{root / 'guest_images/include'}", f"-I{root / 'guest_images/rt'}",
+                    f"-I{root / 'csrc'}", str(root / "guest_images/rt/k_ic.c"), "-o", str(so)],
+                   check=True, capture_output=True)
+    lib = ctypes.CDLL(str(so), mode=os.RTLD_LAZY)
+    f = lib.ic_prep_negotiate_resp
+    f.restype = ctypes.c_bool
+    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int),
+                  ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+                  ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32)]
+    return f
+
+
+def c_negotiate(f, msg: bytes, fw_versions, srv_versions):
+    buf = ctypes.create_string_buffer(bytes(msg), max(len(msg), 1))
+    fwt = (ctypes.c_int * len(fw_versions))(*fw_versions)
+    svt = (ctypes.c_int * len(srv_versions))(*srv_versions)
+    fw, srv = ctypes.c_uint32(0xdead), ctypes.c_uint32(0xdead)
+    found = f(ctypes.addressof(buf) + 8, buf, len(msg), fwt, len(fw_versions), svt,
+              len(srv_versions), ctypes.byref(fw), ctypes.byref(srv))
+    return buf.raw[:len(msg)], found, fw.value, srv.value
+
+
+VERSION_POOL = [0x00000, 0x10000, 0x30000, 0x30001, 0x30002, 0x40000, 0x20000, 0xFFFFFFFF]
+
+
+def test_guest_negotiation_in_c_matches_the_linux_model(k_ic):
+    """The guest's C answer equals ic_wire.prep_negotiate_resp (vmbus_prep_negotiate_resp) byte
+    for byte, with Linux's tables, over random host offers: counts beyond 100, truncated
+    packets, versions the guest does not know."""
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=400, deadline=None)
+    @given(nf=st.integers(0, 6), nm=st.integers(0, 6),
+           versions=st.lists(st.sampled_from(VERSION_POOL), min_size=12, max_size=12),
+           big=st.sampled_from([None, 101, 0xFFFF]), cut=st.integers(0, 40),
+           table=st.sampled_from([icw.LINUX_HB_VERSIONS, icw.LINUX_SD_VERSIONS, (0x90000,)]))
+    def check(nf, nm, versions, big, cut, table):
+        words = versions[:nf + nm]
+        msg = icw.build_message(icw.ICMSGTYPE_NEGOTIATE,
+                                icw.negotiate_body(words[:nf], words[nf:]))
+        if big is not None:
+            msg = msg[:icw.ICMSG_HDR] + struct.pack("<H", big) + msg[icw.ICMSG_HDR + 2:]
+        msg = msg[:max(icw.ICMSG_HDR + 4, len(msg) - cut)]
+        c_buf, c_found, c_fw, c_srv = c_negotiate(k_ic, msg, icw.LINUX_FW_VERSIONS, table)
+        py_buf, py_found, py_fw, py_srv = icw.prep_negotiate_resp(msg, icw.LINUX_FW_VERSIONS,
+                                                                  table)
+        # The Python model also sets icflags (hv_util.c does that after the call).
+        py_buf = bytearray(py_buf)
+        py_buf[8 + icw.icmsg_hdr.icflags.offset] = msg[8 + icw.icmsg_hdr.icflags.offset]
+        assert (c_found, c_fw, c_srv) == (py_found, py_fw, py_srv)
+        assert c_buf == bytes(py_buf)
+
+    check()
+
+
+def test_guest_negotiation_ignores_a_message_without_counts(k_ic):
+    """Shorter than the two counts: Linux answers nothing and touches nothing."""
+    msg = icw.build_message(icw.ICMSGTYPE_NEGOTIATE, b"\x01\x00")
+    buf, found, fw, srv = c_negotiate(k_ic, msg, icw.LINUX_FW_VERSIONS, icw.LINUX_HB_VERSIONS)
+    assert not found and buf == msg and (fw, srv) == (0xdead, 0xdead)
+
+
+# --------------------------------------------------------------------------------------------
 # Real guest: guest_images/images/ic_demo with the runtime's VSCs (guest_images/rt/k_ic.c)
 # --------------------------------------------------------------------------------------------
 
