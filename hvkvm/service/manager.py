@@ -195,6 +195,22 @@ class VmService:
     def _recover(self, name: str, rt) -> None:
         run_dir = self.workers_dir / name
         ident, why = proto.verify_worker(run_dir, rt.instance)
+        if ident is None and rt.pid and rt.instance and \
+                proto.verify_process(rt.pid, rt.starttime, rt.instance) is None:
+            # The worker process is there but not ready (the last service died while it was
+            # starting): give it time to open its socket rather than orphan it.
+            end = time.monotonic() + CONNECT_TIMEOUT
+            while ident is None and time.monotonic() < end and \
+                    proto.verify_process(rt.pid, rt.starttime, rt.instance) is None:
+                time.sleep(0.1)
+                ident, why = proto.verify_worker(run_dir, rt.instance)
+            if ident is None and proto.verify_process(rt.pid, rt.starttime, rt.instance) is None:
+                with contextlib.suppress(OSError):
+                    fd = os.pidfd_open(rt.pid)
+                    if proto.verify_process(rt.pid, rt.starttime, rt.instance) is None:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    os.close(fd)
+                why = f"worker {rt.pid} never answered ({why}); killed it"
         pidfd = None
         if ident is not None:
             try:
