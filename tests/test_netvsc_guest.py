@@ -466,3 +466,42 @@ def test_malformed_frames_and_a_flood_leave_the_guest_answering(make_partition, 
     assert e.vsp.totals()["errors"] == 0
     print(f"\n{plane} plane: {bad['malformed']} malformed + {bad['flood']} flood frames in "
           f"{bad['flood_seconds']:.2f} s; guest received {rx_frames} frames, dropped {drops}")
+
+
+@kvm
+def test_the_same_loop_from_ring_0(make_partition, image, netns):
+    """ring=0: the VSC and the stack driven by the kernel (every instruction emulated on
+    kvm_pvm), sleeping on the channel interrupt when idle."""
+    e = NetEcho(make_partition, image, netns, cmdline="ring=0")
+
+    def traffic(e):
+        r = in_ns(e.ns, "ping", "-c", "5", "-i", "0.2", "-W", "3", GUEST_IP, timeout=60)
+        e.out["ping"] = r.stdout
+        e.out["udp"] = ns_python(e.ns, UDP_CLIENT, GUEST_IP, "300")
+
+    e.run(traffic)
+    assert "5 packets transmitted, 5 received" in e.out["ping"], e.out["ping"]
+    assert e.out["udp"]["ok"] == 300 and e.out["udp"]["bad"] == 0
+    assert any("(ring 0)" in ln for ln in e.result.logs)
+    print(f"\nring 0: 300 UDP echoes in {e.out['udp']['seconds']:.2f} s")
+
+
+@kvm
+def test_link_down_at_boot_then_up_by_indication(make_partition, image, netns):
+    """The VSP starts with the link down: the guest's OID_GEN_MEDIA_CONNECT_STATUS query says
+    disconnected and it sleeps until the RNDIS_STATUS_MEDIA_CONNECT indication."""
+    e = NetEcho(make_partition, image, netns)
+    e.vsp.link_up = False
+    timer = threading.Timer(1.0, e.vsp.set_link, args=(True,))
+    timer.start()
+    try:
+        def traffic(e):
+            r = in_ns(e.ns, "ping", "-c", "3", "-i", "0.1", "-W", "2", GUEST_IP, timeout=30)
+            e.out["ping"] = r.stdout
+
+        e.run(traffic)
+    finally:
+        timer.cancel()
+    assert any("link down, waiting" in ln for ln in e.result.logs), e.result.logs
+    assert "3 received" in e.out["ping"]
+    assert e.vsp.closed_stats[0]["indications"] >= 1

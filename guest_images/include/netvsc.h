@@ -356,6 +356,9 @@ int netvsc_kset(struct netvsc *nv, uint32_t oid, const void *val, uint32_t len);
 /* Run fn(arg) as a ring-3 task; each time it returns NETVSC_IDLE, sleep on the channel
  * (netvsc_kwait) and run it again. Returns fn's other return value. */
 int netvsc_run_user(struct netvsc *nv, int (*fn)(void *), void *arg);
+/* The same loop with fn called in ring 0 (fn and its data may be anywhere; every instruction is
+ * emulated on kvm_pvm, so this is for correctness, not speed). */
+int netvsc_run_kernel(struct netvsc *nv, int (*fn)(void *), void *arg);
 /* RNDIS HALT, wait for our sends to complete, revoke both buffers, close the channel, tear the
  * buffer GPADLs down (Linux's order for VMBus >= 4.0). */
 int netvsc_close(struct netvsc *nv);

@@ -328,6 +328,17 @@ int netvsc_run_user(struct netvsc *nv, int (*fn)(void *), void *arg)
 	}
 }
 
+int netvsc_run_kernel(struct netvsc *nv, int (*fn)(void *), void *arg)
+{
+	for (;;) {
+		int rc = fn(arg);
+
+		if (rc != NETVSC_IDLE)
+			return rc;
+		netvsc_kwait(nv);
+	}
+}
+
 static int revoke(struct netvsc *nv, uint32_t type, uint16_t id)
 {
 	struct nvsp_message m;

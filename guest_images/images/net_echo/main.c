@@ -7,6 +7,7 @@
  *   recv_kb=N (1024, at most 1536) send_kb=N (512, at most 1024) nvsp=V (newest NVSP version to
  *   offer, e.g. 0x50000; default 0x60001) idle_ms=N (20: no traffic for this long and the ring-3
  *   loop sleeps in the kernel until the channel interrupt) log_s=N (0: no periodic LOG)
+ *   ring=3|0 (3: the loop is a ring-3 task; 0: the same loop in the kernel, emulated on kvm_pvm)
  * SYNC 1 link up: MAC (48-bit, first byte highest), IP, NVSP version, NDIS version,
  *        recv sections << 32 | send sections
  * SYNC 3 peer resolved (with peer=): peer IP, peer MAC
@@ -31,6 +32,7 @@ int hv_main(void)
 	unsigned prefix;
 	uint64_t ring_pages = hv_arg_u64("ring_pages", 32);
 	uint64_t recv_kb = hv_arg_u64("recv_kb", 1024), send_kb = hv_arg_u64("send_kb", 512);
+	uint64_t ring = hv_arg_u64("ring", 3);
 	char ipbuf[16], peerbuf[16];
 	int rc;
 
@@ -39,6 +41,7 @@ int hv_main(void)
 		  "net_echo: peer must be A.B.C.D");
 	HV_ASSERT(ring_pages >= 1 && ring_pages <= NE_MAX_RING_PAGES,
 		  "net_echo: ring_pages must be 1..%u", NE_MAX_RING_PAGES);
+	HV_ASSERT(ring == 0 || ring == 3, "net_echo: ring must be 0 or 3");
 	HV_ASSERT(recv_kb >= 64 && recv_kb <= NE_RECV_MAX / 1024 && recv_kb % 4 == 0,
 		  "net_echo: recv_kb must be 64..%u, a multiple of 4", NE_RECV_MAX / 1024);
 	HV_ASSERT(send_kb >= 16 && send_kb <= NE_SEND_MAX / 1024 && send_kb % 4 == 0,
@@ -85,7 +88,8 @@ int hv_main(void)
 		(uint64_t)ne_nv.recv_section_count << 32 | ne_nv.send_section_count);
 
 	for (;;) {
-		rc = netvsc_run_user(&ne_nv, ne_task, r);
+		rc = ring == 3 ? netvsc_run_user(&ne_nv, ne_task, r)
+			       : netvsc_run_kernel(&ne_nv, ne_task, r);
 		if (rc != NE_PEER_RESOLVED)
 			break;
 		/* ARP asked and answered: the peer's MAC */
@@ -98,10 +102,10 @@ int hv_main(void)
 	HV_ASSERT_EQ(rc, 0, "net_echo: ring-3 loop");
 
 	hv_log("net_echo: STOP after %llu UDP echoes (%llu bytes, %llu failed), %llu pings, %llu "
-	       "wake-ups from idle", (unsigned long long)r->echoed,
+	       "wake-ups from idle (ring %llu)", (unsigned long long)r->echoed,
 	       (unsigned long long)r->echo_bytes, (unsigned long long)r->echo_failed,
 	       (unsigned long long)ne_if.st.icmp_echo_replied,
-	       (unsigned long long)(r->wakeups ? r->wakeups - 1 : 0));
+	       (unsigned long long)(r->wakeups ? r->wakeups - 1 : 0), (unsigned long long)ring);
 	hv_sync(2, r->echoed, ne_if.st.icmp_echo_replied, ne_nv.st.rx_frames,
 		stack_drops(&ne_if.st), ne_if.st.arp_replied);
 	rc = netvsc_close(&ne_nv);
