@@ -18,6 +18,7 @@
 /* Section states */
 #define SEC_FREE 0
 #define SEC_BUSY 1 /* filled, part of a transaction, waiting for the guest's completion */
+#define SEC_HEAD 2 /* the first section of a transaction: the one its trans_id names */
 
 /* The transfer-page packets' trans_id: first section | generation << 32. */
 #define TID(sec, gen) ((uint64_t)(sec) | ((uint64_t)(gen) << 32))
@@ -75,10 +76,15 @@ int hvr_net_init(struct hvr_net *n)
 	if (!n->regions || !n->nregions || n->mtu < 68 || n->mtu > 65535 ||
 	    (n->vnet_hdr != 0 && n->vnet_hdr != 10))
 		return HVR_EINVAL;
-	if (!n->recv_buf || !n->recv_section_count || n->recv_section_size < HVR_NET_RX_HEADER +
-	    n->mtu + 18 || (uint64_t)n->recv_section_size * n->recv_section_count > n->recv_buf_size)
+	/* A section holds the largest frame plus one byte (so a longer frame the TAP truncates is
+	 * seen as too long) and the largest control answer. */
+	if (!n->recv_buf || !n->recv_section_count ||
+	    n->recv_section_size <= HVR_NET_RX_HEADER + n->mtu + 18 ||
+	    n->recv_section_size < CONTROL_ANSWER_MAX ||
+	    (uint64_t)n->recv_section_size * n->recv_section_count > n->recv_buf_size)
 		return HVR_EINVAL;
 	if (n->send_buf && (!n->send_section_size || !n->send_section_count ||
+			    n->send_section_size > HVR_NET_MAX_MSG ||
 			    (uint64_t)n->send_section_size * n->send_section_count > n->send_buf_size))
 		return HVR_EINVAL;
 	if (n->rx_batch < 1 || n->rx_batch > HVR_NET_MAX_RX_BATCH ||
@@ -135,6 +141,8 @@ static uint32_t sec_alloc(struct hvr_net *n, int control)
 
 static void sec_release(struct hvr_net *n, uint32_t s)
 {
+	if (n->sec_state[s] == SEC_FREE || n->nfree >= n->recv_section_count)
+		return; /* never twice on the free stack */
 	n->sec_state[s] = SEC_FREE;
 	n->sec_gen[s]++;
 	n->sec_free[n->nfree++] = s;
@@ -145,7 +153,8 @@ static void sec_release_chain(struct hvr_net *n, uint32_t s)
 {
 	uint32_t next, guard = 0;
 
-	while (s != HVR_NET_NO_SECTION && guard++ < n->recv_section_count) {
+	while (s < n->recv_section_count && n->sec_state[s] != SEC_FREE &&
+	       guard++ < n->recv_section_count) {
 		next = n->sec_next[s];
 		sec_release(n, s);
 		s = next;
@@ -162,7 +171,7 @@ static void recv_completion(struct hvr_net *n, uint64_t tid)
 {
 	uint32_t s = (uint32_t)tid, gen = (uint32_t)(tid >> 32);
 
-	if (!n->recv_buf || s >= n->recv_section_count || n->sec_state[s] != SEC_BUSY ||
+	if (!n->recv_buf || s >= n->recv_section_count || n->sec_state[s] != SEC_HEAD ||
 	    n->sec_gen[s] != gen) {
 		record(n, HVR_NET_ERR_RECV_COMPLETION, (uint32_t)tid, (uint32_t)(tid >> 32), 0);
 		return;
@@ -205,6 +214,7 @@ static int send_xfer(struct hvr_plane *p, struct hvr_net *n, const uint32_t *sec
 		hdr.ranges[i].byte_offset = secs[i] * n->recv_section_size;
 		n->sec_next[secs[i]] = i + 1 < k ? secs[i + 1] : HVR_NET_NO_SECTION;
 	}
+	n->sec_state[secs[0]] = SEC_HEAD;
 	iov[0].base = &hdr;
 	iov[0].len = 8 + 8 * k;
 	iov[1].base = &msg;
@@ -232,8 +242,10 @@ static int send_control(struct hvr_plane *p, struct hvr_net *n, const void *msg,
 		record(n, HVR_NET_ERR_NO_BUFFER, 1, 0, 0);
 		return HVR_OK;
 	}
-	if (len > n->recv_section_size)
-		return HVR_EINVAL;
+	if (len > n->recv_section_size) { /* cannot happen: init checks the size */
+		record(n, HVR_NET_ERR_NO_SECTION, 2, len, 0);
+		return HVR_OK;
+	}
 	s = sec_alloc(n, 1);
 	if (s == HVR_NET_NO_SECTION) {
 		record(n, HVR_NET_ERR_NO_SECTION, 0, 0, 0);

@@ -74,6 +74,7 @@ class NetGuest:
         self.xfer_packets = 0
         self.auto_complete = True
         self.pending_xfers: list[int] = []
+        self.xfer_offsets: dict[int, list[int]] = {}  # trans_id -> range offsets (last 1000)
         self.nvsp_version = None
         self.recv_sections = None
         self.send_section_size = 0
@@ -185,6 +186,9 @@ class NetGuest:
             else:
                 self.other_control.append((mtype, data))
         self.pending_xfers.append(pkt.trans_id)
+        self.xfer_offsets[pkt.trans_id] = [off for _, off in pkt.xfer_ranges]
+        if len(self.xfer_offsets) > 1000:
+            del self.xfer_offsets[next(iter(self.xfer_offsets))]
 
     def wait_completion(self, tid: int, timeout: float = 5.0) -> bytes:
         assert wait_for(lambda: self.pump() >= 0 and tid in self.completions, timeout), \

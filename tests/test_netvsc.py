@@ -576,6 +576,61 @@ def test_receive_sections_and_ring_space_flow_control(netns, make_nic, plane):
         tap.close()
 
 
+def test_forged_receive_completions_free_nothing(netns, make_nic, plane):
+    """Completions naming a section inside a batch, a stale generation, or a transaction twice
+    are refused; the real completion frees the whole batch once."""
+    tap = tap_in(netns, address=None)
+    s = packet_socket(netns)
+    try:
+        nic = make_nic(tap=tap, plane=plane, recv_pages=8)    # 18 sections, 14 for frames
+        g = nic.g
+        total = g.recv_sections[1]
+        g.auto_complete = False
+        fill = [make_frame(50 + i, 60) for i in range(14)]
+        for f in fill:              # hold every frame section: the next frames wait in the TAP
+            s.send(f)
+        assert wait_for(lambda: g.pump() >= 0 and len(g.frames) == 14)
+        frames = [make_frame(i, 100) for i in range(12)]
+        for f in frames:
+            s.send(f)
+        time.sleep(0.05)
+        g.complete_pending()        # all at once: the 12 waiting frames go out as one batch
+        g.frames.clear()
+        assert wait_for(lambda: g.pump() >= 0 and len(g.frames) == 12)
+        assert g.frames == frames
+        multi = [t for t in g.pending_xfers if len(g.xfer_offsets[t]) > 1]
+        assert multi, "the frames did not batch"
+        size = g.recv_sections[0]
+        held = total - nic.stats()["free_sections"]
+        assert held == 12
+
+        def complete(tid):
+            g.ch.out.write_completion(struct.pack("<II", 108, 1), trans_id=tid)
+            if g.ch.out.commit():
+                g.ch.kick()
+
+        bad = 0
+        for t in multi:    # a member of a batch, with the generation a fresh section has
+            complete(g.xfer_offsets[t][1] // size)
+            bad += 1
+        head = g.pending_xfers[0]
+        complete(head ^ (1 << 32))                     # the right section, a wrong generation
+        bad += 1
+        assert wait_for(lambda: nic.stats()["error_kinds"].get("recv-completion") == bad)
+        assert total - nic.stats()["free_sections"] == 12
+        g.complete_pending()
+        assert wait_for(lambda: nic.stats()["free_sections"] == total)
+        complete(head)                                  # twice
+        assert wait_for(lambda: nic.stats()["error_kinds"].get("recv-completion") == bad + 1)
+        assert nic.stats()["free_sections"] == total
+        g.auto_complete = True
+        s.send(frames[0])
+        assert g.wait_frames(1) == [frames[0]]
+    finally:
+        s.close()
+        tap.close()
+
+
 def test_ring_full_waits_for_the_guest(netns, make_nic, plane):
     """One frame per packet and a guest that stops reading: the ring fills, the TAP waits for
     pending_send_sz, and every frame arrives once the guest reads again."""

@@ -416,7 +416,7 @@ class PyDataPath:
         self.free = list(range(n - 1, -1, -1))
         self.next = [NO_SECTION] * n
         self.gen = [0] * n
-        self.busy = [False] * n
+        self.state = [0] * n          # 0 free, 1 in a transaction, 2 a transaction's head
         self.rndis_initialized = False
         self.packet_filter = 0
         self.link_reported = 1
@@ -439,18 +439,21 @@ class PyDataPath:
         if not self.free or (not control and len(self.free) <= self.cfg.control_sections):
             return NO_SECTION
         s = self.free.pop()
-        self.busy[s] = True
+        self.state[s] = 1
         self.next[s] = NO_SECTION
         return s
 
     def sec_release(self, s: int) -> None:
-        self.busy[s] = False
+        if self.state[s] == 0 or len(self.free) >= self.cfg.recv_section_count:
+            return
+        self.state[s] = 0
         self.gen[s] = (self.gen[s] + 1) & 0xFFFFFFFF
         self.free.append(s)
 
     def release_chain(self, s: int) -> None:
         guard = 0
-        while s != NO_SECTION and guard < self.cfg.recv_section_count:
+        while s < self.cfg.recv_section_count and self.state[s] and \
+                guard < self.cfg.recv_section_count:
             nxt = self.next[s]
             self.sec_release(s)
             s = nxt
@@ -458,7 +461,7 @@ class PyDataPath:
 
     def recv_completion(self, tid: int) -> None:
         s, gen = tid & 0xFFFFFFFF, tid >> 32
-        if s >= self.cfg.recv_section_count or not self.busy[s] or self.gen[s] != gen:
+        if s >= self.cfg.recv_section_count or self.state[s] != 2 or self.gen[s] != gen:
             self.record(ERR_RECV_COMPLETION, tid & 0xFFFFFFFF, (tid >> 32) & 0xFFFFFFFF)
             return
         self.stats["completions"] += 1
@@ -476,6 +479,7 @@ class PyDataPath:
         rp.send_buf_section_index = NO_SECTION
         for i, s in enumerate(secs):
             self.next[s] = secs[i + 1] if i + 1 < len(secs) else NO_SECTION
+        self.state[secs[0]] = 2
         size = self.cfg.recv_section_size
         ok = self.oc.outring.write_xfer_pages(
             self.cfg.recv_id, [(ln, s * size) for s, ln in zip(secs, lens)], bytes(msg),
@@ -1237,7 +1241,8 @@ class _Channel:
             buf = self._map(req.gpadl_handle) if self.nvsp_version is not None and \
                 self.recv is None else None
             if buf is not None:
-                size = max(nw.NETVSC_RECV_SECTION_SIZE, (RX_HEADER + self.vsp.mtu + 18 + 7) & ~7)
+                # the largest frame + 1 (a longer one the TAP truncates shows as too long)
+                size = max(nw.NETVSC_RECV_SECTION_SIZE, (RX_HEADER + self.vsp.mtu + 19 + 7) & ~7)
                 count = buf.size // size
                 if count < 2:
                     buf.close()
