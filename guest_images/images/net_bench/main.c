@@ -90,13 +90,16 @@ int hv_main(void)
 		    "{\"bench\": \"net_tx\", \"size\": %u, \"rate\": %llu, \"seconds\": %llu, "
 		    "\"packets\": %llu, \"bytes\": %llu, \"elapsed_us\": %llu, \"pps\": %llu, "
 		    "\"mbps\": %s, \"frame_mbps\": %s, \"busy\": %llu, \"late\": %llu, "
-		    "\"kicks\": %llu, \"tx_completions\": %llu}",
+		    "\"kicks\": %llu, \"tx_completions\": %llu, \"no_section\": %llu, "
+		    "\"ring_full\": %llu}",
 		    r->size, (unsigned long long)r->rate, (unsigned long long)r->seconds,
 		    (unsigned long long)r->sent, (unsigned long long)r->bytes,
 		    (unsigned long long)us, (unsigned long long)pps, mbps, fmbps,
 		    (unsigned long long)r->busy, (unsigned long long)r->late,
 		    (unsigned long long)(nb_nv.rings.kicks - r->kicks0),
-		    (unsigned long long)nb_nv.st.tx_completions);
+		    (unsigned long long)nb_nv.st.tx_completions,
+		    (unsigned long long)nb_nv.st.tx_no_section,
+		    (unsigned long long)nb_nv.st.tx_ring_full);
 	hv_printf("%s\n", line);
 	hv_log("%s", line);
 	rc = netvsc_close(&nb_nv);
