@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     tst.add_argument("--timeout", type=_seconds, default=None, help="per-test limit, seconds")
 
     bench = sub.add_parser("bench", help="measure I/O paths; prints a table and writes JSON")
-    bench.add_argument("suite", choices=["exits", "vmbus"], help="what to measure")
+    bench.add_argument("suite", choices=["exits", "vmbus", "boot"], help="what to measure")
     bench.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     bench.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy)")
 

@@ -74,10 +74,19 @@ def discover(path: str | Path) -> list[GuestTest]:
 
 
 def run_test(test: GuestTest, *, timeout: float | None = None, serial_out=None, memory=None,
-             make_partition=None):
-    """Boot the image with ``test=NAME`` and return the :class:`RunResult`."""
+             make_partition=None, fast_reset: "FastReset | None" = None):
+    """Boot the image with ``test=NAME`` and return the :class:`RunResult`.
+
+    With ``fast_reset`` (a :class:`FastReset` for the test's image), the test runs instead from
+    the snapshot taken once at the runtime's test dispatch (falling back to a boot when that
+    snapshot cannot be had).
+    """
     from .partition.config import DEFAULT_MEMORY, PartitionConfig
     from .partition.partition import ChildPartition
+    if fast_reset is not None:
+        result = fast_reset.run(test, timeout=timeout)
+        if result is not None:
+            return result
     cfg = PartitionConfig(image=test.image, cmdline=f"{test.image.stem} test={test.name}",
                           vcpus=test.vcpus, memory=memory or DEFAULT_MEMORY,
                           timeout=timeout or test.timeout_s or DEFAULT_TIMEOUT,
@@ -152,3 +161,153 @@ def tap_report(results: list[tuple[GuestTest, object]]) -> str:
                 lines.append(f"  # {frame}")
             lines.append("  ...")
     return "\n".join(lines)
+
+
+# -- fast reset: one boot per vCPU count, a snapshot at the test dispatch, a restore per test ----
+
+#: DR7 for one execution breakpoint in DR0: G0 plus the always-one bit 10 and GE (as QEMU).
+_DR7_EXEC_BP0 = 0x0600 | 0x2
+
+
+class _DispatchBreak:
+    """Debug handler: stop vCPU0 where the runtime asks for ``test=`` (``hv_arg("test", ...)``).
+
+    A hardware breakpoint (works on VT-x, AMD-V and kvm_pvm alike for ring-0 code) sits on
+    ``hv_arg``; a call with another key is single-stepped past and the breakpoint re-armed.
+    """
+
+    def __init__(self, partition, addr: int):
+        self.p = partition
+        self.addr = addr
+        self.stepping = False
+        self.reached = False
+
+    def arm(self, vcpu) -> None:
+        from .kvm import abi
+        vcpu.set_guest_debug(abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_USE_HW_BP,
+                             [self.addr, 0, 0, 0, 0, 0, 0, _DR7_EXEC_BP0])
+
+    def __call__(self, vt, run):
+        from .kvm import abi
+        vcpu = vt.vcpu
+        if self.stepping:
+            self.stepping = False
+            self.arm(vcpu)
+            return None
+        arch = run.debug.arch
+        if vt.index == 0 and arch.exception == 1 and arch.pc == self.addr:
+            key = self.p.memory.read_cstr(run.s.regs.regs.rdi, 16)
+            if key == "test":
+                vcpu.set_guest_debug(0)
+                self.reached = True
+                return "stop"
+            vcpu.set_guest_debug(abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_SINGLESTEP)
+            self.stepping = True
+            return None
+        vcpu.set_guest_debug(0)  # not ours: let the guest go on undisturbed
+        return None
+
+
+class FastReset:
+    """Run an image's guest tests from one snapshot per vCPU count instead of a boot each.
+
+    The first test needing N vCPUs boots the image (command line ``IMAGE``, no ``test=``) to
+    the runtime's test dispatch, the call ``hv_arg("test", ...)`` in ``rt_bsp_main``, where a
+    hardware breakpoint stops it; that state is snapshotted. Each test then restores the
+    snapshot (only the pages the previous test wrote are copied back), writes
+    ``IMAGE test=NAME`` into the runtime's copy of the command line (``hv_boot.cmdline``) and
+    runs. The guest sees exactly what a boot with ``test=NAME`` would have shown it.
+
+    :meth:`run` returns None when the image cannot be driven this way (no ``hv_arg`` or
+    ``hv_boot`` symbol, the dispatch never reached, a name too long for the command line): the
+    caller then boots as usual. :attr:`unavailable` says why.
+    """
+
+    def __init__(self, image, *, memory: int | None = None, serial_out=None,
+                 boot_timeout: float = 60.0):
+        self.image = Path(image)
+        self.memory = memory
+        self.serial_out = serial_out
+        self.boot_timeout = boot_timeout
+        self._slots: dict[int, tuple] = {}
+        self.unavailable: str = ""
+        #: restore timings (ms) and pages copied, one entry per test run from a snapshot
+        self.restores: list[dict] = []
+
+    def __enter__(self) -> "FastReset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every partition this runner built."""
+        for slot in self._slots.values():
+            if slot is not None:
+                slot[0].close()
+        self._slots.clear()
+
+    def _boot(self, vcpus: int):
+        from .partition.config import DEFAULT_MEMORY, PartitionConfig
+        from .partition.partition import ChildPartition
+        cmdline = self.image.stem
+        cfg = PartitionConfig(image=self.image, cmdline=cmdline, vcpus=vcpus,
+                              memory=self.memory or DEFAULT_MEMORY, timeout=self.boot_timeout,
+                              serial_out=self.serial_out)
+        p = ChildPartition(cfg)
+        try:
+            hv_arg = p.symbols.address_of("hv_arg")
+            boot = [e for e in p.symbols.entries if e[2] == "hv_boot"]
+            if hv_arg is None or not boot:
+                self.unavailable = "the image has no hv_arg/hv_boot symbols (not the hvkvm runtime)"
+                p.close()
+                return None
+            stop = _DispatchBreak(p, hv_arg)
+            p.debug_handler = stop
+            stop.arm(p.vcpus[0])
+            result = p.run()
+            p.debug_handler = None
+            if not stop.reached:
+                self.unavailable = f"the boot never reached the test dispatch: {result.reason}"
+                p.close()
+                return None
+            addr, size, _ = boot[0]
+            raw = p.memory.read(addr, size)
+            needle = cmdline.encode() + b"\0"
+            off = raw.rfind(needle)
+            if off < 0:
+                self.unavailable = "the command line was not found in hv_boot"
+                p.close()
+                return None
+            snap = p.snapshot()
+            return p, snap, addr + off, size - off
+        except BaseException:
+            p.close()
+            raise
+
+    def run(self, test: GuestTest, timeout: float | None = None):
+        """The test's :class:`RunResult`, or None when it must be booted instead."""
+        from .partition.snapshot import SnapshotError, mark_dirty
+        from .kvm.errors import KvmError
+        if test.vcpus not in self._slots:
+            self._slots[test.vcpus] = self._boot(test.vcpus)
+        slot = self._slots[test.vcpus]
+        if slot is None:
+            return None
+        p, snap, cmd_gpa, cmd_max = slot
+        cmdline = f"{self.image.stem} test={test.name}".encode() + b"\0"
+        if len(cmdline) > cmd_max:
+            return None
+        try:
+            info = p.restore(snap)
+        except (SnapshotError, KvmError) as e:
+            # A partition that cannot be restored is rebuilt from scratch for the next test.
+            p.close()
+            del self._slots[test.vcpus]
+            self.unavailable = f"restore failed: {e}"
+            return None
+        p.memory.write(cmd_gpa, cmdline)
+        mark_dirty(p, cmd_gpa, len(cmdline))
+        info["test"] = test.name
+        self.restores.append(info)
+        return p.run(timeout=timeout or test.timeout_s or DEFAULT_TIMEOUT)

@@ -348,6 +348,51 @@ class kvm_pit_channel_state(ctypes.Structure):
     ]
 
 
+class kvm_pic_state(ctypes.Structure):
+    """One in-kernel i8259 PIC (in kvm_irqchip.chip.pic, KVM_GET/SET_IRQCHIP)."""
+
+    _fields_ = [
+        ("last_irr", u8), ("irr", u8), ("imr", u8), ("isr", u8), ("priority_add", u8),
+        ("irq_base", u8), ("read_reg_select", u8), ("poll", u8), ("special_mask", u8),
+        ("init_state", u8), ("auto_eoi", u8), ("rotate_on_auto_eoi", u8),
+        ("special_fully_nested_mode", u8), ("init4", u8), ("elcr", u8), ("elcr_mask", u8),
+    ]
+
+
+class _kvm_ioapic_redirtbl(ctypes.Union):
+    """One IOAPIC redirection entry; the kernel's bitfield view (``fields``) is left out: use
+    ``bits`` (vector 0-7, delivery mode 8-10, ..., mask 16, destination 56-63)."""
+
+    _fields_ = [("bits", u64)]
+
+
+class kvm_ioapic_state(ctypes.Structure):
+    """The in-kernel IOAPIC (in kvm_irqchip.chip.ioapic, KVM_GET/SET_IRQCHIP)."""
+
+    _fields_ = [
+        ("base_address", u64),
+        ("ioregsel", u32),
+        ("id", u32),
+        ("irr", u32),
+        ("pad", u32),
+        ("redirtbl", _kvm_ioapic_redirtbl * KVM_IOAPIC_NUM_PINS),
+    ]
+
+
+class _kvm_irqchip_chip(ctypes.Union):
+    """kvm_irqchip.chip: 512 bytes holding a PIC or the IOAPIC."""
+
+    _fields_ = [("dummy", ctypes.c_char * 512), ("pic", kvm_pic_state),
+                ("ioapic", kvm_ioapic_state)]
+
+
+class kvm_irqchip(ctypes.Structure):
+    """State of one in-kernel interrupt controller (KVM_GET/SET_IRQCHIP); ``chip_id`` is
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE or KVM_IRQCHIP_IOAPIC."""
+
+    _fields_ = [("chip_id", u32), ("pad", u32), ("chip", _kvm_irqchip_chip)]
+
+
 KVM_PIT_FLAGS_HPET_LEGACY = 0x00000001
 KVM_PIT_FLAGS_SPEAKER_DATA_ON = 0x00000002
 
@@ -1521,6 +1566,8 @@ KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, u64)
 KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
 KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
+KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
+KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)
 KVM_IRQ_LINE_STATUS = _IOWR(KVMIO, 0x67, kvm_irq_level)
 KVM_REGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x67, kvm_coalesced_mmio_zone)
 KVM_UNREGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x68, kvm_coalesced_mmio_zone)
@@ -1601,7 +1648,8 @@ IOCTL_NAMES: dict[int, str] = {value: name for name, value in IOCTLS.items()}
 KVM_STRUCTS: tuple[type, ...] = (
     kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_sregs2, kvm_fpu, kvm_lapic_state,
     kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_msr_filter_range, kvm_msr_filter,
-    kvm_cpuid_entry2, kvm_cpuid2, kvm_pit_channel_state, kvm_pit_state2, kvm_debug_exit_arch,
+    kvm_cpuid_entry2, kvm_cpuid2, kvm_pic_state, kvm_ioapic_state, kvm_irqchip,
+    kvm_pit_channel_state, kvm_pit_state2, kvm_debug_exit_arch,
     kvm_guest_debug_arch, kvm_guest_debug, kvm_vcpu_events, kvm_debugregs, kvm_xsave, kvm_xcr,
     kvm_xcrs, kvm_sync_regs, kvm_userspace_memory_region, kvm_irq_level, kvm_pit_config,
     kvm_coalesced_mmio_zone, kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_translation,

@@ -109,6 +109,36 @@ class Vcpu(FdOwner):
             msrs.entries[i].data = val
         return ioctl(self.fd, "KVM_SET_MSRS", abi.KVM_SET_MSRS, ctypes.byref(msrs))
 
+    def get_xsave(self) -> "abi.kvm_xsave":
+        """KVM_GET_XSAVE: the first 4096 bytes of the XSAVE area (legacy, header, AVX)."""
+        return self._get("KVM_GET_XSAVE", abi.KVM_GET_XSAVE, abi.kvm_xsave)
+
+    def get_xsave2(self, size: int) -> "abi.kvm_xsave":
+        """KVM_GET_XSAVE2: the whole XSAVE area, ``size`` bytes (KVM_CAP_XSAVE2 on the VM fd)."""
+        xs = abi.make_kvm_xsave(size)
+        ioctl(self.fd, "KVM_GET_XSAVE2", abi.KVM_GET_XSAVE2, ctypes.byref(xs))
+        return xs
+
+    def set_xsave(self, xsave) -> None:
+        """KVM_SET_XSAVE (takes a 4096-byte or a larger KVM_GET_XSAVE2 buffer)."""
+        self._set("KVM_SET_XSAVE", abi.KVM_SET_XSAVE, xsave)
+
+    def get_xcrs(self) -> "abi.kvm_xcrs":
+        """KVM_GET_XCRS: the extended control registers (XCR0)."""
+        return self._get("KVM_GET_XCRS", abi.KVM_GET_XCRS, abi.kvm_xcrs)
+
+    def set_xcrs(self, xcrs: "abi.kvm_xcrs") -> None:
+        """KVM_SET_XCRS."""
+        self._set("KVM_SET_XCRS", abi.KVM_SET_XCRS, xcrs)
+
+    def get_debugregs(self) -> "abi.kvm_debugregs":
+        """KVM_GET_DEBUGREGS: the guest's DR0-DR3, DR6, DR7."""
+        return self._get("KVM_GET_DEBUGREGS", abi.KVM_GET_DEBUGREGS, abi.kvm_debugregs)
+
+    def set_debugregs(self, debugregs: "abi.kvm_debugregs") -> None:
+        """KVM_SET_DEBUGREGS."""
+        self._set("KVM_SET_DEBUGREGS", abi.KVM_SET_DEBUGREGS, debugregs)
+
     def get_lapic(self) -> "abi.kvm_lapic_state":
         """KVM_GET_LAPIC: the in-kernel LAPIC's register page."""
         return self._get("KVM_GET_LAPIC", abi.KVM_GET_LAPIC, abi.kvm_lapic_state)

@@ -91,6 +91,44 @@ class Vm(FdOwner):
         ioctl(self.fd, "KVM_GET_DIRTY_LOG", abi.KVM_GET_DIRTY_LOG, ctypes.byref(log))
         return bytearray(bitmap)
 
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap) -> None:
+        """KVM_CLEAR_DIRTY_LOG: re-protect the pages set in ``bitmap`` (bit 0 = ``first_page``).
+
+        Needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled; ``first_page`` is a multiple of 64 and
+        ``num_pages`` one too unless the range ends the slot. ``bitmap`` is any writable buffer
+        (a bytearray or a ctypes array) of at least ``ceil(num_pages / 8)`` bytes.
+        """
+        if isinstance(bitmap, ctypes.Array):
+            addr = ctypes.addressof(bitmap)
+            keep = bitmap
+        else:
+            keep = (ctypes.c_uint8 * len(bitmap)).from_buffer(bitmap)
+            addr = ctypes.addressof(keep)
+        req = abi.kvm_clear_dirty_log(slot=slot, num_pages=num_pages, first_page=first_page)
+        req.dirty_bitmap = addr
+        ioctl(self.fd, "KVM_CLEAR_DIRTY_LOG", abi.KVM_CLEAR_DIRTY_LOG, ctypes.byref(req))
+        del keep
+
+    def get_irqchip(self, chip_id: int) -> "abi.kvm_irqchip":
+        """KVM_GET_IRQCHIP: the state of the in-kernel PIC master/slave or IOAPIC."""
+        chip = abi.kvm_irqchip(chip_id=chip_id)
+        ioctl(self.fd, "KVM_GET_IRQCHIP", abi.KVM_GET_IRQCHIP, ctypes.byref(chip))
+        return chip
+
+    def set_irqchip(self, chip: "abi.kvm_irqchip") -> None:
+        """KVM_SET_IRQCHIP (``chip.chip_id`` says which controller)."""
+        ioctl(self.fd, "KVM_SET_IRQCHIP", abi.KVM_SET_IRQCHIP, ctypes.byref(chip))
+
+    def get_pit2(self) -> "abi.kvm_pit_state2":
+        """KVM_GET_PIT2: the in-kernel i8254's channels and flags."""
+        pit = abi.kvm_pit_state2()
+        ioctl(self.fd, "KVM_GET_PIT2", abi.KVM_GET_PIT2, ctypes.byref(pit))
+        return pit
+
+    def set_pit2(self, pit: "abi.kvm_pit_state2") -> None:
+        """KVM_SET_PIT2."""
+        ioctl(self.fd, "KVM_SET_PIT2", abi.KVM_SET_PIT2, ctypes.byref(pit))
+
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
         """KVM_REGISTER_COALESCED_MMIO: writes to the zone are queued in the ring, no exit."""
         zone = abi.kvm_coalesced_mmio_zone(addr=addr, size=size)

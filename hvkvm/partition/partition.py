@@ -104,6 +104,10 @@ class VcpuThread:
         self.where: dict = {}
         #: True while the thread is held at a safe point by :meth:`ChildPartition.pause`.
         self.held = False
+        #: Host service time per exit (KVM_RUN return to the next entry), log2 buckets in ns:
+        #: slot k counts times in [2**(k-1), 2**k) ns (see :mod:`hvkvm.partition.metrics`).
+        self.service_hist = [0] * 64
+        self._service_armed = False
 
     # -- kicking --------------------------------------------------------------------------------
 
@@ -182,6 +186,12 @@ class VcpuThread:
                     self._hold()
                     if self.stop_requested:
                         break
+                # One clock read per exit: ``last_exit`` was taken when KVM_RUN returned (and is
+                # reset after a pause, so held time is not service time).
+                t_entry = time.monotonic()
+                if self._service_armed:
+                    self.service_hist[int((t_entry - self.last_exit) * 1e9).bit_length()] += 1
+                self._service_armed = True
                 reason = self.vcpu.run()
                 # KVM consumed any registers marked dirty on entry; handlers mark them anew.
                 run.kvm_dirty_regs = 0
@@ -281,7 +291,12 @@ class VcpuThread:
         elif reason in (abi.KVM_EXIT_X86_RDMSR, abi.KVM_EXIT_X86_WRMSR):
             self._msr(reason, run)
         elif reason == abi.KVM_EXIT_DEBUG:
-            self._crash("debug exit with no debugger attached", run)
+            handler = p.debug_handler
+            if handler is None:
+                self._crash("debug exit with no debugger attached", run)
+            elif handler(self, run) == "stop":
+                p._finish(RunResult("pass", "stopped by the host at a debug exit"), self)
+                raise _Stop
         elif reason in (abi.KVM_EXIT_IRQ_WINDOW_OPEN, abi.KVM_EXIT_UNKNOWN):
             pass
         else:
@@ -450,6 +465,12 @@ class ChildPartition:
         self._closed = False
         self._pause_requested = False
         self._pause_cv = threading.Condition()
+        #: Called as ``debug_handler(vcpu_thread, kvm_run)`` for KVM_EXIT_DEBUG (the gdb stub,
+        #: breakpoints set by the host); may return "stop" to end the run there. None: a debug
+        #: exit is a crash.
+        self.debug_handler = None
+        #: Dirty-log tracking state of :mod:`hvkvm.partition.snapshot` (None until a snapshot).
+        self._snap_tracker = None
         try:
             self._build()
         except BaseException:
@@ -669,6 +690,45 @@ class ChildPartition:
         return all(t.held or (t.thread is not None and not t.thread.is_alive())
                    for t in threads) and all(t.thread is not None for t in threads)
 
+    # -- snapshots and metrics (hvkvm.partition.snapshot, hvkvm.partition.metrics) -------------
+
+    def snapshot(self):
+        """A :class:`~hvkvm.partition.snapshot.Snapshot` of every vCPU, the irqchip, PIT, clock,
+        the serial UART and RAM; later restores copy back only the pages written since.
+
+        Call it when the partition is not running, while it is paused, or from a callback in a
+        vCPU thread (``on_sync``): the other vCPUs are then paused for the time it takes.
+        """
+        from .snapshot import take_snapshot
+        return take_snapshot(self)
+
+    def restore(self, snapshot) -> dict:
+        """Put the partition back to ``snapshot`` (taken here or loaded from a file for the same
+        image, memory size and vCPU count). After a finished run, :meth:`run` may be called again.
+        Returns ``{"pages_copied", "full", "ms"}``.
+        """
+        from .snapshot import restore_snapshot
+        info = restore_snapshot(self, snapshot)
+        self._rearm()
+        return info
+
+    def _rearm(self) -> None:
+        """Let :meth:`run` start again once the previous run has ended (after a restore)."""
+        threads = getattr(self, "_threads", None)
+        if threads and any(t.thread is not None and t.thread.is_alive() for t in threads):
+            return  # restored while paused in a run: that run goes on
+        self._threads = []
+        self._result = None
+        self._done.clear()
+        self._logs = []
+        self._syncs = []
+
+    def exit_metrics(self) -> dict:
+        """Exit counters and host service-time histograms of the current run, per vCPU, as a
+        plain dict (what :attr:`RunResult.exit_metrics` holds at the end; safe while running)."""
+        from .metrics import collect
+        return collect(getattr(self, "_threads", None) or [])
+
     def symbolize(self, addr: int) -> str:
         """``name+0xoff`` for a guest address, from the image's symbol table."""
         return self.symbols.symbolize(addr)
@@ -759,6 +819,7 @@ class ChildPartition:
         result.exits = {t.index: {k: {"ring0": v[0], "ring3": v[1]} for k, v in t.exits.items()}
                         for t in self._threads}
         result.vcpu_state = {t.index: t.where or {"state": t.state} for t in self._threads}
+        result.exit_metrics = self.exit_metrics()
         if result.status == "timeout":
             lines = [f"vCPU{i}: {w.get('state')} at RIP {w.get('rip', 0):#x} <{w.get('symbol', '?')}>"
                      f" ring {w.get('ring', '?')}" for i, w in result.vcpu_state.items()]

@@ -55,6 +55,8 @@ class RunResult:
     backtrace: list[str] = field(default_factory=list)
     assert_file: str = ""
     assert_line: int = 0
+    #: Per-vCPU exit counters and host service-time histograms (:mod:`hvkvm.partition.metrics`).
+    exit_metrics: dict = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -109,4 +111,5 @@ class RunResult:
             "assert": {"file": self.assert_file, "line": self.assert_line} if self.assert_file else None,
             "logs": self.logs,
             "serial": self.serial.decode("utf-8", "replace"),
+            "exit_metrics": self.exit_metrics,
         }

@@ -1,0 +1,198 @@
+"""``hvkvm bench boot``: how fast a guest starts over, and how fast it starts at all.
+
+- **restore**: a 64 MiB partition is snapshotted, then a ring-0 loop dirties 1%, 10% or 100% of
+  its pages (one ``or byte [page], 0`` each: a write that changes nothing but is a write, spread
+  evenly so 1% and 10% are many separate pages) and ``ChildPartition.restore`` puts it back. Timed:
+  the whole restore (vCPU state, irqchip, PIT, clock, UART, dirty log, copies). Goal: under 1 ms
+  at 1%.
+- **first instruction**: from ``ChildPartition(config)`` to the first guest instruction retired
+  (single-step on, the first debug exit), for raw code and for the ``hello`` image.
+- **hvkvm run hello**: the whole process, interpreter start and imports included.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from .common import median, table
+
+MEMORY = 64 << 20
+PAGE = 4096
+CODE_GPA = 0x10000
+UCALL_READY = 0x20000
+UCALL_DONE = 0x21000
+FRACTIONS = (0.01, 0.10, 1.00)
+
+
+def _dirty_code() -> bytes:
+    """64-bit code: SYNC 0; RCX pages from RDI, RSI apart: ``or byte [rdi], 0``; SYNC 1; hlt."""
+    c = bytearray()
+    c += b"\xb8" + UCALL_READY.to_bytes(4, "little")    # mov eax, UCALL_READY
+    c += b"\xe7\xe8"                                    # out 0xe8, eax
+    loop = len(c)
+    c += b"\x80\x0f\x00"                                # 1: or byte [rdi], 0
+    c += b"\x48\x01\xf7"                                # add rdi, rsi
+    c += b"\x48\xff\xc9"                                # dec rcx
+    rel = loop - (len(c) + 2)
+    c += b"\x75" + (rel & 0xFF).to_bytes(1, "little")   # jnz 1b
+    c += b"\xb8" + UCALL_DONE.to_bytes(4, "little")     # mov eax, UCALL_DONE
+    c += b"\xe7\xe8"                                    # out 0xe8, eax
+    c += b"\xf4\xeb\xfd"                                # hlt; jmp hlt
+    return bytes(c)
+
+
+def _partition():
+    from ..partition.config import PartitionConfig
+    from ..partition.partition import ChildPartition
+    from ..partition.ucall import UCALL_SYNC, encode
+
+    def on_sync(index, uc):
+        return "stop"
+
+    cfg = PartitionConfig(raw=_dirty_code(), raw_gpa=CODE_GPA, raw_mode="long", memory=MEMORY,
+                          on_sync=on_sync, timeout=120)
+    p = ChildPartition(cfg)
+    p.memory.write(UCALL_READY, encode(UCALL_SYNC, (0,)))
+    p.memory.write(UCALL_DONE, encode(UCALL_SYNC, (1,)))
+    return p
+
+
+def restore_case(p, snap, fraction: float, repeats: int) -> dict:
+    """Dirty ``fraction`` of the pages ``repeats`` times; median restore time."""
+    npages = MEMORY // PAGE
+    count = max(1, round(npages * fraction))
+    stride = npages // count
+    times, copied, dirty_ms = [], [], []
+    for _ in range(repeats):
+        p.restore(snap)
+        v = p.vcpus[0]
+        regs = v.get_regs()
+        regs.rcx, regs.rsi, regs.rdi = count, stride * PAGE, 0
+        v.set_regs(regs)
+        t = time.perf_counter()
+        r = p.run()
+        dirty_ms.append((time.perf_counter() - t) * 1000)
+        if r.syncs[-1:] != [(0, (1, 0, 0, 0, 0, 0))]:
+            raise RuntimeError(f"dirtying loop did not finish: {r.reason}")
+        t0 = time.perf_counter()
+        info = p.restore(snap)
+        times.append((time.perf_counter() - t0) * 1000)
+        copied.append(info["pages_copied"])
+    return {"fraction": fraction, "pages_dirtied": count, "pages_copied": int(median(copied)),
+            "restore_ms": round(median(times), 3), "restore_ms_min": round(min(times), 3),
+            "guest_dirty_ms": round(median(dirty_ms), 1),
+            "samples_ms": [round(x, 3) for x in times]}
+
+
+def first_instruction(image: str | None) -> dict:
+    """``ChildPartition()`` to the first guest instruction retired (a single-step exit)."""
+    from ..images import image_path
+    from ..kvm import abi
+    from ..partition.config import PartitionConfig
+    from ..partition.partition import ChildPartition
+    marks = {}
+
+    def on_debug(vt, run):
+        marks["first"] = time.perf_counter()
+        vt.vcpu.set_guest_debug(0)
+        return "stop"
+
+    if image is None:
+        cfg = PartitionConfig(raw=b"\x90\xf4", raw_gpa=CODE_GPA, raw_mode="long", timeout=30)
+    else:
+        cfg = PartitionConfig(image=image_path(image), cmdline=image, timeout=30)
+    t0 = time.perf_counter()
+    p = ChildPartition(cfg)
+    t1 = time.perf_counter()
+    try:
+        p.debug_handler = on_debug
+        p.vcpus[0].set_guest_debug(abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_SINGLESTEP)
+        t2 = time.perf_counter()
+        p.run()
+    finally:
+        p.close()
+    if "first" not in marks:
+        raise RuntimeError("no single-step exit")
+    return {"create_ms": (t1 - t0) * 1000, "run_to_first_ms": (marks["first"] - t2) * 1000,
+            "total_ms": (marks["first"] - t0) * 1000}
+
+
+def whole_process(repeats: int) -> dict:
+    """Wall time of ``python -m hvkvm.cli run hello`` and of the bare interpreter + imports."""
+    env = dict(os.environ)
+    run, imp = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "hvkvm.cli", "run", "hello"], env=env,
+                           capture_output=True, timeout=120)
+        run.append((time.perf_counter() - t) * 1000)
+        if r.returncode != 0:
+            raise RuntimeError(f"hvkvm run hello failed: {r.stderr.decode()[-300:]}")
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import hvkvm.cli, hvkvm.partition.partition"],
+                       env=env, capture_output=True, timeout=120)
+        imp.append((time.perf_counter() - t) * 1000)
+    return {"run_hello_ms": round(median(run), 1), "python_and_imports_ms": round(median(imp), 1),
+            "samples_ms": [round(x, 1) for x in run]}
+
+
+def run(quick: bool = False) -> dict:
+    """All measurements; the report section."""
+    repeats = 3 if quick else 15
+    rows = []
+    p = _partition()
+    try:
+        r = p.run()
+        if r.syncs[-1:] != [(0, (0, 0, 0, 0, 0, 0))]:
+            raise RuntimeError(f"restore bench guest did not reach SYNC 0: {r.reason}")
+        t = time.perf_counter()
+        snap = p.snapshot()
+        snapshot_ms = (time.perf_counter() - t) * 1000
+        for f in FRACTIONS:
+            rows.append(restore_case(p, snap, f, repeats if f < 1 else max(2, repeats // 3)))
+        t = time.perf_counter()
+        snap2 = p.snapshot()
+        second_snapshot_ms = (time.perf_counter() - t) * 1000
+        del snap2
+    finally:
+        p.close()
+    first = []
+    for image in (None, "hello"):
+        samples = [first_instruction(image) for _ in range(3 if quick else 7)]
+        first.append({"guest": image or "raw code (2 bytes)",
+                      "create_ms": round(median([s["create_ms"] for s in samples]), 2),
+                      "run_to_first_ms": round(median([s["run_to_first_ms"] for s in samples]), 2),
+                      "total_ms": round(median([s["total_ms"] for s in samples]), 2)})
+    proc = whole_process(2 if quick else 5)
+    one = next(r for r in rows if r["fraction"] == 0.01)
+    return {"memory_mib": MEMORY >> 20, "restore": rows,
+            "snapshot_ms": round(snapshot_ms, 1), "later_snapshot_ms": round(second_snapshot_ms, 1),
+            "first_instruction": first, "process": proc,
+            "goal_restore_1pct_under_1ms": one["restore_ms"] < 1.0}
+
+
+def format_report(section: dict) -> str:
+    """The three tables and the goal line."""
+    lines = [f"restore of a {section['memory_mib']} MiB guest (dirty log; median):",
+             table(section["restore"], [("fraction", "dirtied", ".0%"),
+                                        ("pages_dirtied", "pages", "d"),
+                                        ("pages_copied", "copied", "d"),
+                                        ("restore_ms", "restore ms", ".3f"),
+                                        ("restore_ms_min", "min ms", ".3f"),
+                                        ("guest_dirty_ms", "guest loop ms", ".1f")]),
+             f"first snapshot (enables the dirty log, copies RAM): {section['snapshot_ms']} ms; "
+             f"a later one: {section['later_snapshot_ms']} ms",
+             "",
+             "partition creation to the first guest instruction (median):",
+             table(section["first_instruction"], [("guest", "guest", "s"),
+                                                  ("create_ms", "ChildPartition() ms", ".2f"),
+                                                  ("run_to_first_ms", "run() to 1st insn ms", ".2f"),
+                                                  ("total_ms", "total ms", ".2f")]),
+             "",
+             f"`hvkvm run hello`, whole process: {section['process']['run_hello_ms']} ms "
+             f"(python start + imports alone: {section['process']['python_and_imports_ms']} ms)",
+             f"restore at 1% under 1 ms: {section['goal_restore_1pct_under_1ms']}"]
+    return "\n".join(lines)
