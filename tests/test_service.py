@@ -503,8 +503,12 @@ def test_every_verb_through_the_cli(svc, idle_image, tmp_path):
     assert rc == 0 and out.startswith("clivm: Off")
     rc, out, _ = run_cli("vm", "delete", "clivm", *s)
     assert (rc, out.strip()) == (0, "clivm: deleted")
-    rc, out, _ = run_cli("events", "--partition", "clivm", "--since", "10m", *s)
+    rc, out, _ = run_cli("events", "--partition", "clivm", "--since", "10m", "--severity",
+                         "info", *s)
     assert rc == 0 and "[clivm]" in out and "state Running -> Paused" in out
+    rc, out, _ = run_cli("events", "--partition", "clivm", "--since", "10m", "--severity",
+                         "error", *s)
+    assert rc == 0 and out == ""                        # nothing went wrong with clivm
     rc, out, _ = run_cli("events", "--partition", "clivm", "--json", "--source", "api", *s)
     assert {e["source"] for e in json.loads(out)} == {"api"}
 
@@ -564,9 +568,11 @@ def test_kill9_of_a_worker_crashes_only_that_partition(svc, idle_image):
     assert c.stats("k2")["live"]
     vm = c.start("k1")
     assert vm["state"] == "Running" and vm["pid"] != pid1
+    assert c.pause("k2")["state"] == "Paused"          # a paused partition stops too
     for name in ("k1", "k2"):
         assert c.stop(name, timeout=5)["state"] == "Off"
         c.delete(name)
+    assert not proto.proc_alive(pid2)
 
 
 @pytest.mark.kvm
@@ -614,11 +620,9 @@ def test_service_kill9_restart_finds_workers_and_definitions(state_dir, idle_ima
     c.create(name="lost", image="idle", memory=MEM)
     c.create(name="ends", image="idle", memory=MEM, cmdline="idle tick_ms=50 exit_after=6")
     c.create(name="never", image="idle", memory=MEM, vcpus=2)
-    for n in ("keep", "lost"):
+    for n in ("keep", "lost", "ends"):
         c.start(n)
-    pid_keep, pid_lost = c.show("keep")["pid"], c.show("lost")["pid"]
-    c.start("ends")
-    pid_ends = c.show("ends")["pid"]
+    pid_keep, pid_lost, pid_ends = (c.show(n)["pid"] for n in ("keep", "lost", "ends"))
     s1.kill9()
 
     # The workers are their own processes: they outlive the service.
@@ -627,7 +631,7 @@ def test_service_kill9_restart_finds_workers_and_definitions(state_dir, idle_ima
     assert proto.wait_until(lambda: not proto.proc_alive(pid_ends), 15)   # ends by itself
     assert proto.wait_until(lambda: not proto.proc_alive(pid_lost), 5)
 
-    s2 = Service(state_dir, "--on-exit", "stop")
+    s2 = Service(state_dir)
     c = s2.client
     vms = {v["name"]: v for v in c.list()}
     assert set(vms) == {"keep", "lost", "ends", "never"}
@@ -635,6 +639,7 @@ def test_service_kill9_restart_finds_workers_and_definitions(state_dir, idle_ima
     assert vms["keep"]["state"] == "Running" and vms["keep"]["pid"] == pid_keep
     assert vms["lost"]["state"] == "Crashed" and "lost" in vms["lost"]["reason"]
     assert vms["ends"]["state"] == "Off" and "while the service was down" in vms["ends"]["reason"]
+    assert c.show("ends")["last_result"]["status"] == "pass"
     msgs = [e["message"] for e in events(c)]
     assert any("found running worker again" in m for m in msgs)
     assert any(e["partition"] == "lost" and "worker lost" in e["message"]
@@ -644,34 +649,27 @@ def test_service_kill9_restart_finds_workers_and_definitions(state_dir, idle_ima
     assert c.resume("keep")["state"] == "Running"
     resp = c.stream(c.vm_path("keep", "console"), {"follow": False})
     assert resp.read().startswith(b"idle: ready")
+    resp.close()
     # a crashed partition starts again
     assert c.start("lost")["state"] == "Running"
     pid_lost2 = c.show("lost")["pid"]
 
-    # SIGTERM with --on-exit stop: every worker is stopped, the service exits 0
-    assert s2.terminate() == 0, s2.output()
-    assert not proto.proc_alive(pid_keep) and not proto.proc_alive(pid_lost2)
-
-    # SIGTERM with the default (detach): workers keep running for the next service
-    s3 = Service(state_dir)
-    assert {v["state"] for v in s3.client.list()} == {"Off"}
-    s3.client.start("keep")
-    pid = s3.client.show("keep")["pid"]
-    assert s3.terminate() == 0
-    assert proto.proc_alive(pid)
-    s4 = Service(state_dir)
-    assert s4.client.show("keep")["pid"] == pid
-    assert s4.client.stop("keep", timeout=5)["state"] == "Off"
-    assert s4.terminate() == 0
-    assert "Traceback" not in s1.output() + s2.output() + s3.output() + s4.output()
-
-
-def test_a_second_service_on_the_same_state_dir_is_refused(state_dir):
-    s1 = Service(state_dir)
+    # One service per state directory.
     p = subprocess.run([sys.executable, "-m", "hvkvm.cli", "service", "--state-dir",
                         str(state_dir)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "another service" in p.stderr and p.stderr.count("\n") == 1
-    assert s1.terminate() == 0
+
+    # SIGTERM with the default (detach): the workers keep running for the next service
+    assert s2.terminate() == 0, s2.output()
+    assert proto.proc_alive(pid_keep) and proto.proc_alive(pid_lost2)
+
+    # SIGTERM with --on-exit stop: every worker is stopped, the service exits 0
+    s3 = Service(state_dir, "--on-exit", "stop")
+    vms = {v["name"]: v for v in s3.client.list()}
+    assert (vms["keep"]["pid"], vms["lost"]["pid"]) == (pid_keep, pid_lost2)
+    assert s3.terminate() == 0, s3.output()
+    assert not proto.proc_alive(pid_keep) and not proto.proc_alive(pid_lost2)
+    assert "Traceback" not in s1.output() + s2.output() + s3.output()
 
 
 @pytest.mark.kvm

@@ -114,9 +114,6 @@ def serve(state_dir: str | os.PathLike, socket_path: str | os.PathLike | None = 
           on_exit: str = "detach", max_event_rows: int = 10_000,
           max_event_age: float = 30 * 86400.0, ready=None) -> int:
     """Run the service until SIGTERM/SIGINT; returns the exit code."""
-    import uvicorn
-
-    from .api import create_app
     try:
         state = private_dir(state_dir)
         lock_fd = _lock(state)
@@ -132,6 +129,9 @@ def serve(state_dir: str | os.PathLike, socket_path: str | os.PathLike | None = 
             sock = _bind(sock_path)
         except PathError as e:
             raise ServiceStartError(str(e)) from None
+        import uvicorn          # imported once the lock and the socket are ours: a refused
+
+        from .api import create_app   # second service fails fast
         svc.open()
         app = create_app(svc)
         config = uvicorn.Config(app, http=make_protocol(svc, {os.geteuid()}), lifespan="off",
