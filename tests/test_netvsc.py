@@ -264,16 +264,20 @@ def test_missing_permission_is_one_clear_error():
     assert out.startswith("NetError: no permission to open /dev/net/tun"), out
 
 
-def test_cli_net_errors_are_one_line_exit_2():
-    from hvkvm.cli import main
+def test_cli_net_errors_are_one_line_exit_2(tmp_path):
+    """--net problems are found before the partition is built: one line, exit 2."""
     import contextlib
     import io
+
+    from hvkvm.cli import main
+    image = tmp_path / "img.elf"       # any file: the TAP is opened before the image is loaded
+    image.write_bytes(b"\x7fELF")
     for spec, why in [("tap=waytoolongname_x", "too long"), ("tap=t,mac=01:02:03:04:05:06",
                                                              "multicast"),
                       ("foo", "bad --net item"), ("tap=t0,netns=hvkvm-no-such-ns", "not usable")]:
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            rc = main(["run", "hello", "--net", spec])
+            rc = main(["run", str(image), "--net", spec])
         assert rc == 2, spec
         lines = err.getvalue().strip().splitlines()
         assert len(lines) == 1 and why in lines[0], lines
@@ -952,3 +956,66 @@ def test_both_planes_in_a_real_partition(make_partition, netns, plane):
     finally:
         s.close()
         tap.close()
+
+
+def _fuzz(nic, seed: int, count: int) -> list:
+    """Random mutations of valid RNDIS and NVSP messages; every answer the guest gets."""
+    import random
+    rnd = random.Random(seed)
+    g = nic.g
+    frame = make_frame(1, 80, dst=bytes(6), src=MAC)
+    seeds = [g.rndis_packet(frame),
+             struct.pack("<IIIIIII", nw.RNDIS_MSG_QUERY, 28, 5, nw.RNDIS_OID_GEN_LINK_SPEED, 0,
+                         0, 0),
+             struct.pack("<IIIIIII", nw.RNDIS_MSG_SET, 32, 6,
+                         nw.RNDIS_OID_GEN_CURRENT_PACKET_FILTER, 4, 20, 0) + struct.pack("<I", 9),
+             struct.pack("<III", nw.RNDIS_MSG_KEEPALIVE, 12, 7),
+             struct.pack("<IIIIII", nw.RNDIS_MSG_INIT, 24, 8, 1, 0, 0x4000)]
+    answers = []
+    for i in range(count):
+        msg = bytearray(rnd.choice(seeds))
+        if rnd.random() < 0.3:
+            msg += rnd.choice(seeds)        # two messages in one packet
+        for _ in range(rnd.randint(1, 4)):
+            pos = rnd.randrange(len(msg))
+            kind = rnd.random()
+            if kind < 0.5:
+                msg[pos] = rnd.randrange(256)
+            elif kind < 0.8 and len(msg) >= 4:
+                struct.pack_into("<I", msg, min(pos, len(msg) - 4),
+                                 rnd.choice([0, 1, 7, 8, 0xFFFFFFFF, 0x7FFFFFFF, len(msg),
+                                             len(msg) + 1, 36, 44]))
+            else:
+                del msg[pos:]
+                if not msg:
+                    msg = bytearray(b"\0" * 8)
+        via = rnd.choice(["section", "gpa"])
+        status = g.send_rndis(bytes(msg), via=via)
+        answers.append(("status", i, status))
+        if rnd.random() < 0.1:   # and raw NVSP garbage now and then
+            raw = bytes(rnd.randrange(256) for _ in range(rnd.choice([4, 8, 16, 40])))
+            g.post(raw, completion=False)
+    assert g.query(nw.RNDIS_OID_GEN_MAXIMUM_FRAME_SIZE) == (0, struct.pack("<I", 1500))
+    assert wait_for(lambda: g.pump() >= 0 and
+                    nic.stats()["free_sections"] == g.recv_sections[1])
+    answers += sorted((t, d[0], d[1].hex()) for t, d in g.responses.items())
+    answers.append(sorted(nic.stats()["error_kinds"].items()))
+    return answers
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fuzzed_rndis_both_planes_survive_and_agree(seed):
+    runs = {}
+    for plane in ("python", "c"):
+        p = PlanePartition(64 << 20)
+        nic = Nic(p, plane=plane, instance_id=uuid.UUID(int=7))
+        try:
+            nic.wait_plane(plane)
+            runs[plane] = _fuzz(nic, seed, 150)
+            assert nic.stats()["plane"] == plane
+            if plane == "c":
+                assert nic.vsp.channels[nic.relid].plane.error == 0
+        finally:
+            nic.close()
+            p.close()
+    assert runs["python"] == runs["c"]
