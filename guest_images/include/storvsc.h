@@ -52,7 +52,7 @@
 #define STORVSC_RQST_INIT (~0ULL - 2)
 
 #define STORVSC_MAX_QD 256u                 /* request slots */
-#define STORVSC_MAX_XFER (2u << 20)         /* largest buffer one request may carry */
+#define STORVSC_MAX_XFER (8u << 20)         /* largest buffer one request may carry */
 #define STORVSC_MAX_PFNS (STORVSC_MAX_XFER / HVR_PAGE_SIZE + 1)
 #define STORVSC_SECTOR 512u
 

@@ -227,6 +227,12 @@ static void print_fixed3(char *out, size_t n, uint64_t milli)
 		    (unsigned long long)(milli % 1000));
 }
 
+static void print_fixed6(char *out, size_t n, uint64_t micro)
+{
+	hv_snprintf(out, n, "%llu.%06llu", (unsigned long long)(micro / 1000000),
+		    (unsigned long long)(micro % 1000000));
+}
+
 int bench_task(void *arg)
 {
 	struct bench_run *b = arg;
@@ -296,7 +302,7 @@ int bench_task(void *arg)
 
 	if (!ns)
 		ns = 1;
-	print_fixed3(secs, sizeof(secs), ns / 1000000);
+	print_fixed6(secs, sizeof(secs), ns / 1000);
 	print_fixed3(mbs, sizeof(mbs), b->bytes * 1000000ULL / ns);   /* 10^6 bytes/s, x1000 */
 	print_fixed3(mean, sizeof(mean), b->ios ? b->lat_sum_ns / b->ios : 0);
 	print_fixed3(p50, sizeof(p50), b->ios ? percentile(b, 50) : 0);
@@ -305,13 +311,13 @@ int bench_task(void *arg)
 	hv_printf("{\"image\":\"disk_bench\",\"mode\":\"%s\",\"bs\":%u,\"qd\":%u,\"ring\":%u,"
 		  "\"verify\":%u,\"ios\":%llu,\"bytes\":%llu,\"seconds\":%s,\"iops\":%llu,"
 		  "\"mb_per_s\":%s,\"mean_us\":%s,\"p50_us\":%s,\"p99_us\":%s,\"max_us\":%s,"
-		  "\"kicks\":%llu,\"waits\":%llu,\"ring_full\":%llu,\"max_inflight\":%u,"
+		  "\"kicks\":%llu,\"waits\":%llu,\"all_waits\":%llu,\"ring_full\":%llu,\"max_inflight\":%u,"
 		  "\"verified_ios\":%llu,\"protocol\":\"%u.%u\",\"blocks\":%llu,\"buf_offset\":%u}\n",
 		  mode_names[b->mode], b->bs, b->qd, b->ring, b->verify,
 		  (unsigned long long)b->ios, (unsigned long long)b->bytes, secs,
 		  (unsigned long long)(b->ios * 1000000000ULL / ns), mbs, mean, p50, p99, maxs,
 		  (unsigned long long)b->kicks, (unsigned long long)b->waits,
-		  (unsigned long long)b->full, d->max_inflight,
+		  (unsigned long long)d->waits, (unsigned long long)b->full, d->max_inflight,
 		  (unsigned long long)b->verified_ios, d->version >> 8, d->version & 0xff,
 		  (unsigned long long)d->blocks, b->buf_offset);
 	return 0;
