@@ -571,7 +571,10 @@ class Worker:
         return stack.enter_context(ChildPartition(cfg))
 
     def _on_signal(self, signum, frame) -> None:
-        self.hard_stop(f"worker got {signal.Signals(signum).name}")
+        # Not in the handler itself: it interrupts the main thread, which may hold a lock that
+        # request_stop() takes.
+        threading.Thread(target=self.hard_stop, name="worker-signal", daemon=True,
+                         args=(f"worker got {signal.Signals(signum).name}",)).start()
 
     def main(self) -> int:
         """Run the worker; returns the process exit code."""
