@@ -568,3 +568,21 @@ def test_net_bench_sends_at_the_rate_asked(make_partition, netns, size):
     assert got["n"] == got["distinct"] == res["packets"] and got["bad"] == 0, got
     assert got["max_seq"] == res["packets"] - 1
     print(f"\nnet_bench size {size}: {res}")
+
+
+@kvm
+@pytest.mark.parametrize("nvsp, ndis", [(0x50000, NDIS_6_30), (0x40000, 0x60001),
+                                        (0x30002, 0x60001), (2, 0x60001)])
+def test_older_nvsp_versions(make_partition, image, netns, nvsp, ndis):
+    """nvsp=V caps what the guest offers: it walks down Linux's list to V, sends NDIS 6.1 for
+    NVSP <= 4 (and no NDIS_CONFIG for NVSP 1), and the data path is the same."""
+    e = NetEcho(make_partition, image, netns, cmdline=f"nvsp={nvsp:#x}")
+
+    def traffic(e):
+        e.out["udp"] = ns_python(e.ns, UDP_CLIENT, GUEST_IP, "30")
+
+    e.run(traffic)
+    assert e.syncs[1][2:4] == (nvsp, ndis)
+    st = e.vsp.closed_stats[0]
+    assert (st["nvsp_version"], st["ndis_version"]) == (nvsp, ndis)
+    assert e.out["udp"]["ok"] == 30
