@@ -39,6 +39,8 @@ MiB = 1 << 20
 SECTOR = 512
 PLANES = ["c", "python"]
 WIN10 = sw.VMSTOR_PROTO_VERSION_WIN10
+WIN8_1 = sw.VMSTOR_PROTO_VERSION_WIN8_1
+WIN8 = sw.VMSTOR_PROTO_VERSION_WIN8
 RQST_INIT = (1 << 64) - 3            # Linux's VMBUS_RQST_INIT
 
 
@@ -63,18 +65,18 @@ class Storage:
         create_disk(path, size)
         return path
 
-    def open(self, path, readonly=False) -> Disk:
-        d = Disk(path, readonly=readonly)
+    def open(self, path, readonly=False, direct=False) -> Disk:
+        d = Disk(path, readonly=readonly, direct=direct)
         self.disks.append(d)
         return d
 
-    def run(self, name, cmdline, paths, plane="c", readonly=False, timeout=60, vsp_kw=None,
-            memory=64 * MiB):
+    def run(self, name, cmdline, paths, plane="c", readonly=False, direct=False, timeout=60,
+            vsp_kw=None, memory=64 * MiB):
         """Boot image ``name`` with one storvsc controller per path; returns (result, syncs,
         vsps). The partition and disks are closed afterwards (disks are free for the next
         run)."""
         paths = paths if isinstance(paths, list) else [paths]
-        disks = [self.open(p, readonly) for p in paths]
+        disks = [self.open(p, readonly, direct) for p in paths]
         vsps = [StorvscVsp(d, plane=plane, **(vsp_kw or {})) for d in disks]
         cfg = PartitionConfig(image=self.image[name], cmdline=f"{name} {cmdline}", vsps=vsps,
                               timeout=timeout, memory=memory)
@@ -192,6 +194,43 @@ def test_transfers_that_cross_page_boundaries(storage, bs, buf_offset):
                               path, plane="python")
     ok(r)
     assert syncs[3][0] == 4096
+
+
+@kvm
+def test_a_disk_whose_size_is_no_multiple_of_the_io_size(storage):
+    """1 MiB + 3 sectors: the last WRITE and READ are short ones that end at the last LBA."""
+    size = MiB + 3 * SECTOR
+    path = storage.new_disk(size=size)
+    r, syncs, _ = storage.run("disk_fill", "seed=8 bs=65536", path)
+    ok(r)
+    assert syncs[1][1] == 2051 and syncs[2][:3] == (2051, size, 17)
+    host_check_filled(path, 8)
+    r, syncs, _ = storage.run("disk_check", "seed=8 bs=4096 qd=32", path, plane="python")
+    ok(r)
+    assert syncs[3][:3] == (2051, size, 257)
+
+
+@kvm
+@pytest.mark.parametrize("plane", PLANES)
+def test_o_direct_disk_with_unaligned_buffers(storage, plane):
+    """O_DIRECT images take guest buffers that are not 512-byte aligned through the bounce
+    buffer; the bytes are the same."""
+    from hvkvm.vsp.disk import DiskError
+    path = storage.new_disk(size=1 * MiB)
+    try:
+        Disk(path, direct=True).close()
+    except DiskError as e:
+        pytest.skip(str(e))
+    r, _, (vsp,) = storage.run("disk_fill", "seed=12 bs=6144 buf_offset=100", path, plane=plane,
+                               direct=True)
+    ok(r)
+    if plane == "c":
+        assert stats(vsp)["bounced"] > 0
+    host_check_filled(path, 12)
+    r, syncs, _ = storage.run("disk_check", "seed=12 bs=3584 buf_offset=7", path, plane=plane,
+                              direct=True)
+    ok(r)
+    assert syncs[3][0] == 2048
 
 
 @kvm
@@ -331,16 +370,6 @@ def test_bench_smoke_each_mode_with_verify(storage, mode, plane):
     check_bench(r, syncs, vsp, mode, bs, qd, count)
 
 
-@kvm
-@pytest.mark.parametrize("mode", ["read", "randwrite"])
-def test_bench_large_transfers(storage, mode):
-    path = storage.new_disk(size=16 * MiB)
-    r, syncs, (vsp,) = storage.run(
-        "disk_bench", f"mode={mode} bs=1048576 qd=4 count=40 verify=1", path)
-    j = check_bench(r, syncs, vsp, mode, 1 << 20, 4, 40)
-    assert syncs[1][3] == (32 * 4096 - 8) // (16 + 16 + 8 * 257 + 64 + 8)   # qd max for 1 MiB
-
-
 def qd_max(ring_pages: int, bs: int) -> int:
     """The deepest queue two rings of ring_pages data pages hold for bs-byte I/Os at any buffer
     alignment (the guest's storvsc_qd_max, computed independently)."""
@@ -349,6 +378,16 @@ def qd_max(ring_pages: int, bs: int) -> int:
     request = 16 + (16 + 8 * pfns) + 64 + 8       # descriptor, mpb range, vstor_packet, trailer
     completion = 16 + 64 + 8
     return min(256, (size - 8) // request, (size - 8) // completion)
+
+
+@kvm
+@pytest.mark.parametrize("mode", ["read", "randwrite"])
+def test_bench_large_transfers(storage, mode):
+    path = storage.new_disk(size=16 * MiB)
+    r, syncs, (vsp,) = storage.run(
+        "disk_bench", f"mode={mode} bs=1048576 qd=4 count=40 verify=1", path)
+    check_bench(r, syncs, vsp, mode, 1 << 20, 4, 40)
+    assert syncs[1][3] == qd_max(32, 1 << 20) == 60
 
 
 @kvm
@@ -456,9 +495,9 @@ class RecordingProtocol(storvsc_mod.Protocol):
 
 @kvm
 @pytest.mark.parametrize("offered,expect", [
-    ((WIN10, sw.VMSTOR_PROTO_VERSION_WIN8_1, sw.VMSTOR_PROTO_VERSION_WIN8), WIN10),
-    ((sw.VMSTOR_PROTO_VERSION_WIN8_1, sw.VMSTOR_PROTO_VERSION_WIN8), sw.VMSTOR_PROTO_VERSION_WIN8_1),
-    ((sw.VMSTOR_PROTO_VERSION_WIN8,), sw.VMSTOR_PROTO_VERSION_WIN8),
+    ((WIN10, WIN8_1, WIN8), WIN10),
+    ((WIN8_1, WIN8), WIN8_1),
+    ((WIN8,), WIN8),
     ((sw.VMSTOR_PROTO_VERSION_WIN7, sw.VMSTOR_PROTO_VERSION_WIN6), None),
 ])
 def test_handshake_as_linux_newest_version_first(storage, monkeypatch, offered, expect):
@@ -467,12 +506,13 @@ def test_handshake_as_linux_newest_version_first(storage, monkeypatch, offered, 
     RecordingProtocol.log = []
     path = storage.new_disk(size=1 * MiB)
     r, syncs, _ = storage.run("disk_bench", "mode=randread count=20 qd=2 verify=1", path)
-    asked = [WIN10, sw.VMSTOR_PROTO_VERSION_WIN8_1, sw.VMSTOR_PROTO_VERSION_WIN8]
+    asked = [WIN10, WIN8_1, WIN8]
     tried = asked[:asked.index(expect) + 1] if expect else asked
     ops = [(sw.VSTOR_OPERATION_BEGIN_INITIALIZATION, 0)] + \
         [(sw.VSTOR_OPERATION_QUERY_PROTOCOL_VERSION, v) for v in tried]
     if expect:
-        ops += [(sw.VSTOR_OPERATION_QUERY_PROPERTIES, 0), (sw.VSTOR_OPERATION_END_INITIALIZATION, 0)]
+        ops += [(sw.VSTOR_OPERATION_QUERY_PROPERTIES, 0),
+                (sw.VSTOR_OPERATION_END_INITIALIZATION, 0)]
     log = RecordingProtocol.log
     assert [(op, v) for op, v, *_ in log] == ops
     # Linux's storvsc_execute_vstor_op: whole 64-byte packets, VMBUS_RQST_INIT, completion flag
