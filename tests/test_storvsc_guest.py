@@ -526,6 +526,50 @@ def test_handshake_as_linux_newest_version_first(storage, monkeypatch, offered, 
     assert bench_json(r)["protocol"] == f"{expect >> 8}.{expect & 0xff}"
 
 
+class MeddlingProtocol(storvsc_mod.Protocol):
+    """Before answering the n-th SRB, the host also sends what a VSC must survive: an
+    unsolicited ENUMERATE_BUS (in-band, trans_id 0, as Hyper-V does after a LUN change), a
+    completion for a request that was never made, and a completion repeating the previous
+    SRB's trans_id (already completed)."""
+
+    vsp = None
+    at = 50
+
+    def handle(self, pkt):
+        if self.ready and pkt.type != storvsc_mod.VM_PKT_COMP:
+            self.srbs_seen = getattr(self, "srbs_seen", 0) + 1
+            if self.srbs_seen == self.at:
+                out = next(ch.oc.outring for ch in self.vsp.channels.values()
+                           if ch.protocol is self)
+                p = sw.vstor_packet()
+                p.operation = sw.VSTOR_OPERATION_ENUMERATE_BUS
+                assert out.write(bytes(p), trans_id=0)
+                p.operation = sw.VSTOR_OPERATION_COMPLETE_IO
+                assert out.write_completion(bytes(p), trans_id=(0x7777 << 16) | 3)
+                assert out.write_completion(bytes(p), trans_id=self.previous)
+            self.previous = pkt.trans_id
+        return super().handle(pkt)
+
+
+@kvm
+def test_unsolicited_and_unmatched_completions_are_dropped(storage, monkeypatch):
+    monkeypatch.setattr(storvsc_mod, "Protocol", MeddlingProtocol)
+    path = storage.new_disk(size=1 * MiB)
+    disk = storage.open(path)
+    vsp = StorvscVsp(disk, plane="python")
+    MeddlingProtocol.vsp = vsp
+    cfg = PartitionConfig(image=storage.image["disk_bench"], timeout=60, vsps=[vsp],
+                          cmdline="disk_bench mode=randread qd=1 count=100 verify=1 span=65536")
+    p = storage.make_partition(cfg)
+    r = p.run()
+    p.close()
+    ok(r)
+    syncs = {args[0]: tuple(args[1:]) for _v, args in r.syncs}
+    _verified, _vbytes, _prefill, unexpected, unsolicited = syncs[12]
+    assert (unexpected, unsolicited) == (2, 1)
+    assert syncs[11][0] == 100
+
+
 @kvm
 def test_the_second_controller_is_a_different_disk(storage):
     a = storage.new_disk("a.img", 1 * MiB)
