@@ -4,7 +4,7 @@
  *
  * Command line: ip=A.B.C.D/N (required; /N defaults to 24) gw=A.B.C.D (optional)
  *   peer=A.B.C.D (optional: ARP-resolve it first, SYNC 3) ring_pages=N (32, 1..64)
- *   recv_kb=N (1024, at most 1536) send_kb=N (512, at most 1024) nvsp=V (newest NVSP version to
+ *   recv_kb=N (1024, 64..1024) send_kb=N (512, at most 1024) nvsp=V (newest NVSP version to
  *   offer, e.g. 0x50000; default 0x60001) idle_ms=N (20: no traffic for this long and the ring-3
  *   loop sleeps in the kernel until the channel interrupt) log_s=N (0: no periodic LOG)
  *   ring=3|0 (3: the loop is a ring-3 task; 0: the same loop in the kernel, emulated on kvm_pvm)

@@ -7,7 +7,7 @@
 #include "netvsc.h"
 
 #define NE_MAX_RING_PAGES 64u         /* data pages per ring */
-#define NE_RECV_MAX (1536u << 10)       /* receive buffer bytes at most */
+#define NE_RECV_MAX (1u << 20)            /* receive buffer bytes at most */
 #define NE_SEND_MAX (1u << 20)        /* send buffer bytes at most */
 #define NE_ECHO_PORT 7
 #define NE_STOP_PORT 9
