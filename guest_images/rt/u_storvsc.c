@@ -101,30 +101,29 @@ static int init_op(struct storvsc_dev *d, struct vstor_packet *pkt, struct vstor
 	for (;;) {
 		rc = hvr_in_read(&d->rings.in, &p);
 		if (rc == HVR_OK) {
-			bool mine = p.type == VM_PKT_COMP && p.trans_id == STORVSC_RQST_INIT;
+			int result = 1; /* 1: not ours, keep waiting */
+			int rel;
 
-			if (mine) {
+			if (p.type == VM_PKT_COMP && p.trans_id == STORVSC_RQST_INIT) {
 				uint32_t n = p.payload_len < sizeof(*resp) ? p.payload_len
 									  : (uint32_t)sizeof(*resp);
 				memset(resp, 0, sizeof(*resp));
 				/* Linux's minimum for a request's answer: sizeof(vstor_packet) */
-				if (p.payload_len < VSTOR_PACKET_SIZE ||
-				    hvr_in_copy(&d->rings.in, &p, p.payload_off, resp, n) != HVR_OK)
-					mine = false, rc = STORVSC_EPROTO;
+				result = p.payload_len < VSTOR_PACKET_SIZE ||
+					 hvr_in_copy(&d->rings.in, &p, p.payload_off, resp, n) != HVR_OK
+					 ? STORVSC_EPROTO : STORVSC_OK;
 			} else if (p.trans_id == 0 || p.type != VM_PKT_COMP) {
 				d->unsolicited++;
 			} else {
 				d->unexpected++;
 			}
-			int rel = hvr_in_commit(&d->rings.in);
+			rel = hvr_in_commit(&d->rings.in);
 			if (rel < 0)
 				return STORVSC_ERING;
 			if (rel == 1)
 				kick_host(d);
-			if (rc == STORVSC_EPROTO)
-				return rc;
-			if (mine)
-				return STORVSC_OK;
+			if (result <= 0)
+				return result;
 			last = storvsc_rdtsc();
 			continue;
 		}
@@ -673,33 +672,40 @@ static const char *opcode_name(uint8_t op)
 	}
 }
 
+/* Append to buf (size bytes) at *n, which may already exceed size (hv_snprintf's return). */
+static void append(char *buf, size_t size, int *n, const char *fmt, ...)
+{
+	size_t at = (size_t)*n < size ? (size_t)*n : size;
+	va_list ap;
+
+	va_start(ap, fmt);
+	*n += hv_vsnprintf(buf + at, size - at, fmt, ap);
+	va_end(ap);
+}
+
 int storvsc_describe(const struct storvsc_completion *c, char *buf, size_t size)
 {
-	int n = hv_snprintf(buf, size, "%s (0x%02x)", opcode_name(c->opcode), c->opcode);
+	int n = 0;
 
+	append(buf, size, &n, "%s (0x%02x)", opcode_name(c->opcode), c->opcode);
 	if (c->op == STORVSC_OP_READ || c->op == STORVSC_OP_WRITE)
-		n += hv_snprintf(buf + (n < (int)size ? n : (int)size),
-				 size > (size_t)n ? size - n : 0, " LBA %llu x %u",
-				 (unsigned long long)c->lba, c->blocks);
-#define REST buf + (n < (int)size ? n : (int)size), size > (size_t)n ? size - n : 0
+		append(buf, size, &n, " LBA %llu x %u", (unsigned long long)c->lba, c->blocks);
 	switch (c->status) {
 	case STORVSC_OK:
-		n += hv_snprintf(REST, ": GOOD, %u bytes", c->transferred);
+		append(buf, size, &n, ": GOOD, %u bytes", c->transferred);
 		break;
 	case STORVSC_ECHECK:
-		n += hv_snprintf(REST, ": CHECK CONDITION, sense key 0x%x %s, ASC 0x%02x ASCQ 0x%02x",
-				 c->sense_key, storvsc_sense_key_name(c->sense_key), c->asc,
-				 c->ascq);
+		append(buf, size, &n, ": CHECK CONDITION, sense key 0x%x %s, ASC 0x%02x ASCQ 0x%02x",
+		       c->sense_key, storvsc_sense_key_name(c->sense_key), c->asc, c->ascq);
 		break;
 	case STORVSC_ESHORT:
-		n += hv_snprintf(REST, ": short transfer, %u of %u bytes", c->transferred, c->len);
+		append(buf, size, &n, ": short transfer, %u of %u bytes", c->transferred, c->len);
 		break;
 	default:
-		n += hv_snprintf(REST, ": %s (vstor op %u status 0x%x, srb 0x%02x, scsi 0x%02x, "
-				 "%u bytes)", storvsc_strerror(c->status), c->vstor_operation,
-				 c->vstor_status, c->srb_status, c->scsi_status, c->transferred);
+		append(buf, size, &n, ": %s (vstor op %u status 0x%x, srb 0x%02x, scsi 0x%02x, "
+		       "%u bytes)", storvsc_strerror(c->status), c->vstor_operation,
+		       c->vstor_status, c->srb_status, c->scsi_status, c->transferred);
 		break;
 	}
-#undef REST
 	return n;
 }
