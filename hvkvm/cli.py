@@ -83,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataplane", choices=["c", "python"], default="c",
                      help="the storage and network data plane (default c)")
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    run.add_argument("--stats", action="store_true",
+                     help="print exit counts and the host service-time histogram per vCPU")
+    run.add_argument("--snapshot-out", metavar="FILE",
+                     help="write a snapshot of the partition to FILE (see --snapshot-at)")
+    run.add_argument("--snapshot-at", metavar="STAGE|done", default="done",
+                     help="when to take --snapshot-out: at the guest's SYNC STAGE (the run goes "
+                          "on) or when the run ends (default: done)")
+    run.add_argument("--restore", metavar="FILE",
+                     help="start from a snapshot file instead of booting (same image, memory "
+                          "size and vCPU count)")
+    run.add_argument("--gdb", metavar="[HOST:]PORT",
+                     help="serve the GDB remote protocol on HOST:PORT (default host 127.0.0.1)")
+    run.add_argument("--gdb-wait", action="store_true",
+                     help="with --gdb: hold the guest before its first instruction until gdb "
+                          "continues")
 
     disk = sub.add_parser("disk", help="create raw disk images")
     disk_sub = disk.add_subparsers(dest="disk_command", metavar="ACTION", parser_class=_Parser,
@@ -101,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     tst.add_argument("-k", dest="expr", metavar="EXPR", help="only tests matching EXPR (pytest -k)")
     tst.add_argument("--tap", action="store_true", help="TAP version 13 output")
     tst.add_argument("--timeout", type=_seconds, default=None, help="per-test limit, seconds")
+    tst.add_argument("--reset", choices=["boot", "snapshot"], default="boot",
+                     help="start each test from a fresh boot (default) or from a snapshot taken "
+                          "once at the runtime's test dispatch")
 
     bench = sub.add_parser("bench", help="measure I/O paths; prints a table and writes JSON")
     bench.add_argument("suite", choices=["exits", "vmbus", "boot"], help="what to measure")
@@ -110,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check /dev/kvm and say which kind of KVM this is")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--no-probe", action="store_true", help="skip the CPL0/CPL3 timing probe")
+    doc.add_argument("--ci", action="store_true",
+                     help="one line and an exit code to branch on: 0 ok, 3 no /dev/kvm, "
+                          "4 no permission, 5 a required capability missing, 1 other")
     from .service.cli import add_parsers as _add_service_parsers
     _add_service_parsers(sub, _Parser, _positive_int, _size, _seconds)
     return p
@@ -188,6 +209,7 @@ def cmd_run(args) -> int:
         path = resolve_image(args.image)
     except ImageError as e:
         raise UsageError(str(e)) from None
+    snap_plan = _snapshot_plan(args)
     if args.cmdline is not None:
         cmdline = args.cmdline
     else:
@@ -235,7 +257,14 @@ def cmd_run(args) -> int:
         except (ValueError, KvmError) as e:
             raise UsageError(str(e)) from None
         with part:
-            result = part.run()
+            snap_errors = _arm_snapshots(part, args, snap_plan)
+            stub = _start_gdb(part, args)
+            try:
+                result = part.run()
+            finally:
+                if stub is not None:
+                    stub.close()
+            _finish_snapshots(part, args, snap_plan, snap_errors)
     finally:
         if close_out:
             out.close()
@@ -248,7 +277,137 @@ def cmd_run(args) -> int:
     if result.detail and not result.passed:
         print(result.detail, file=sys.stderr)
     print(result.summary_line(), file=sys.stderr)
-    return result.exit_code
+    if args.stats:
+        from .partition.metrics import format_table
+        print(format_table(result.exit_metrics), file=sys.stderr)
+    for e in snap_errors:
+        print(f"hvkvm: error: {e}", file=sys.stderr)
+    return result.exit_code if not snap_errors else max(result.exit_code, 1)
+
+
+def _snapshot_plan(args):
+    """Check the snapshot and gdb options; load --restore's file. (stage|"done"|None, snapshot)."""
+    from .partition.snapshot import Snapshot, SnapshotError
+    stage = None
+    if args.snapshot_out:
+        if args.snapshot_at == "done":
+            stage = "done"
+        else:
+            try:
+                stage = int(args.snapshot_at, 0)
+            except ValueError:
+                raise UsageError(f"--snapshot-at takes a SYNC stage number or 'done', not "
+                                 f"{args.snapshot_at!r}") from None
+        try:
+            open(args.snapshot_out, "ab").close()
+        except OSError as e:
+            raise UsageError(f"cannot write {args.snapshot_out}: {e.strerror}") from None
+    elif args.snapshot_at != "done":
+        raise UsageError("--snapshot-at needs --snapshot-out FILE")
+    if (args.snapshot_out or args.restore) and (args.echo or args.disk or args.net):
+        raise UsageError("snapshots do not cover VMBus devices yet: drop --echo/--disk/--net")
+    if args.gdb_wait and not args.gdb:
+        raise UsageError("--gdb-wait needs --gdb [HOST:]PORT")
+    if args.gdb:
+        _gdb_address(args.gdb)
+    snap = None
+    if args.restore:
+        try:
+            snap = Snapshot.load(args.restore)
+        except SnapshotError as e:
+            raise UsageError(str(e)) from None
+    return stage, snap
+
+
+def _gdb_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    try:
+        value = int(port)
+    except ValueError:
+        raise UsageError(f"--gdb takes [HOST:]PORT, not {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise UsageError(f"--gdb port out of range: {value}")
+    return host or "127.0.0.1", value
+
+
+def _arm_snapshots(part, args, plan) -> list[str]:
+    """Restore --restore's snapshot; hook a SYNC-stage --snapshot-out. Returns the error list
+    the hook fills (reported after the run)."""
+    from .partition.snapshot import SnapshotError
+    stage, snap = plan
+    errors = _Errors()
+    if snap is not None:
+        try:
+            part.restore(snap)
+        except SnapshotError as e:
+            raise UsageError(f"{args.restore}: {e}") from None
+        print(f"hvkvm: restored {args.restore} (vCPU0 at RIP {snap.vcpus[0].rip:#x} "
+              f"<{part.symbolize(snap.vcpus[0].rip)}>)", file=sys.stderr)
+    if isinstance(stage, int):
+        done = []
+        previous = part.config.on_sync
+
+        def on_sync(index, uc):
+            if uc.args[0] == stage and not done:
+                done.append(True)
+                try:
+                    n = part.snapshot().save(args.snapshot_out)
+                    print(f"hvkvm: snapshot at SYNC {stage} written to {args.snapshot_out} "
+                          f"({n} bytes)", file=sys.stderr)
+                except (SnapshotError, OSError) as e:
+                    errors.append(f"snapshot at SYNC {stage}: {e}")
+            return previous(index, uc) if previous is not None else None
+
+        part.config.on_sync = on_sync
+
+        def check_taken():
+            if not done:
+                errors.append(f"the guest never sent SYNC {stage}: no snapshot written to "
+                              f"{args.snapshot_out}")
+
+        errors.check_taken = check_taken
+    return errors
+
+
+def _finish_snapshots(part, args, plan, errors: list[str]) -> None:
+    from .partition.snapshot import SnapshotError
+    stage, _ = plan
+    if stage == "done":
+        try:
+            n = part.snapshot().save(args.snapshot_out)
+            print(f"hvkvm: snapshot at the end of the run written to {args.snapshot_out} "
+                  f"({n} bytes)", file=sys.stderr)
+        except (SnapshotError, OSError) as e:
+            errors.append(f"snapshot at the end of the run: {e}")
+    elif isinstance(stage, int):
+        errors.check_taken()
+
+
+class _Errors(list):
+    """Errors found while the guest ran, reported after its result."""
+
+    def check_taken(self) -> None:
+        """Replaced when a SYNC-stage snapshot is armed."""
+
+
+def _start_gdb(part, args):
+    if not args.gdb:
+        return None
+    from .gdbstub import GdbStub
+    host, port = _gdb_address(args.gdb)
+    try:
+        stub = GdbStub(part, host, port, wait=args.gdb_wait)
+    except OSError as e:
+        raise UsageError(f"--gdb {args.gdb}: cannot listen: {e.strerror}") from None
+    stub.start()
+    h, p = stub.address
+    where = "loopback only" if h in ("127.0.0.1", "::1") else "NOT loopback: anyone who can " \
+        "reach it controls the guest"
+    print(f"hvkvm: gdb stub on {h}:{p} ({where}); connect with: gdb -ex 'target remote "
+          f"{h}:{p}' {part.config.image}" + (" (the guest waits for gdb)" if args.gdb_wait
+                                             else ""), file=sys.stderr)
+    return stub
 
 
 def cmd_disk(args) -> int:
@@ -297,14 +456,25 @@ def cmd_test(args) -> int:
         print(f"hvkvm: KVM unavailable: {why}", file=sys.stderr)
         return EXIT_NO_KVM
     results = []
-    for t in tests:
-        r = run_test(t, timeout=args.timeout)
-        results.append((t, r))
-        if not args.tap:
-            o = outcome(t, r)
-            print(f"{o.upper():5} {t.name} ({r.wall_ms:.0f} ms)")
-            if o in ("fail", "xpass"):
-                print(describe_failure(t, r))
+    fast = None
+    if args.reset == "snapshot" and tests:
+        from .guesttests import FastReset
+        fast = FastReset(tests[0].image)
+    try:
+        for t in tests:
+            r = run_test(t, timeout=args.timeout, fast_reset=fast)
+            results.append((t, r))
+            if not args.tap:
+                o = outcome(t, r)
+                print(f"{o.upper():5} {t.name} ({r.wall_ms:.0f} ms)")
+                if o in ("fail", "xpass"):
+                    print(describe_failure(t, r))
+    finally:
+        if fast is not None:
+            fast.close()
+    if fast is not None and fast.unavailable:
+        print(f"hvkvm: --reset snapshot fell back to booting: {fast.unavailable}",
+              file=sys.stderr)
     if args.tap:
         print(tap_report(results))
     bad = [t for t, r in results if outcome(t, r) in ("fail", "xpass")]
@@ -339,10 +509,50 @@ def cmd_bench(args) -> int:
     return 0
 
 
+#: ``hvkvm doctor --ci`` exit codes (ci/README.md): 0 ok, 1 another problem, 3 no /dev/kvm,
+#: 4 no permission on it, 5 a required KVM capability missing.
+EXIT_CI_OTHER = 1
+EXIT_CI_NO_PERMISSION = 4
+EXIT_CI_MISSING_CAPABILITY = 5
+
+
+def ci_verdict(rep) -> tuple[int, str]:
+    """(exit code, one line with the fix) for ``hvkvm doctor --ci``."""
+    if not rep.accessible:
+        import errno
+        err = 0
+        try:
+            os.close(os.open(rep.device, os.O_RDWR | os.O_CLOEXEC))
+        except OSError as e:
+            err = e.errno
+        if err == errno.ENOENT:
+            code, what = EXIT_NO_KVM, "no KVM device"
+        elif err in (errno.EACCES, errno.EPERM):
+            code, what = EXIT_CI_NO_PERMISSION, "no permission"
+        else:
+            code, what = EXIT_CI_OTHER, "KVM unusable"
+        return code, f"hvkvm doctor: {what}: {rep.problem}; fix: {rep.fix}"
+    if rep.missing_required:
+        return EXIT_CI_MISSING_CAPABILITY, (f"hvkvm doctor: missing required capability: "
+                                            f"{', '.join(rep.missing_required)}; fix: {rep.fix}")
+    if not rep.ok or rep.problem:
+        return EXIT_CI_OTHER, f"hvkvm doctor: KVM unusable: {rep.problem}; fix: {rep.fix}"
+    if rep.probe and not rep.probe.get("ok", True):
+        return EXIT_CI_OTHER, (f"hvkvm doctor: a test guest did not run: {rep.probe.get('error')}"
+                               f"; fix: check `dmesg | grep kvm` on the runner")
+    return 0, f"hvkvm doctor: ok: {rep.backend} ({rep.device}, API {rep.api_version})"
+
+
 def cmd_doctor(args) -> int:
     """``hvkvm doctor``: report on /dev/kvm and the backend."""
     from .doctor import diagnose, format_report
     rep = diagnose(probe=not args.no_probe)
+    if args.ci:
+        code, line = ci_verdict(rep)
+        if args.json:
+            print(json.dumps({"exit_code": code, "message": line, **rep.to_json()}, indent=2))
+        print(line, file=sys.stdout if code == 0 else sys.stderr)
+        return code
     if args.json:
         print(json.dumps(rep.to_json(), indent=2))
     else:

@@ -10,6 +10,9 @@
   collect every ``HV_TEST`` of the image as a pytest item. A failure shows the guest's file:line,
   message, registers and a symbolized backtrace; expected failures (``HV_TEST_XFAIL``) are strict
   xfails. JUnit XML comes from pytest (``--junitxml``).
+- Fast reset: ``--hvkvm-reset snapshot`` (or ini ``hvkvm_reset = snapshot``) boots each image
+  once per vCPU count to the runtime's test dispatch, snapshots it there and starts every test
+  from that snapshot (:class:`hvkvm.guesttests.FastReset`); the default boots every test.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ def pytest_addoption(parser):
                     help="collect the HV_TESTs of IMAGE (a built-in image name or an ELF file)")
     parser.addini("hvkvm_images", "guest images whose HV_TESTs are collected", type="linelist",
                   default=[])
+    group.addoption("--hvkvm-reset", choices=["boot", "snapshot"], default=None,
+                    help="start each guest test from a fresh boot (default) or from a snapshot "
+                         "taken once at the runtime's test dispatch (fast reset)")
+    parser.addini("hvkvm_reset", "boot or snapshot: how each guest test starts", default="boot")
 
 
 def _kvm_state():
@@ -132,8 +139,9 @@ class GuestTestItem(pytest.Item):
         self.test = test
 
     def runtest(self):
-        """Boot the image with test=NAME; fail with the guest's report unless it passed."""
-        result = run_test(self.test)
+        """Boot the image with test=NAME (or restore its snapshot under ``--hvkvm-reset
+        snapshot``); fail with the guest's report unless it passed."""
+        result = run_test(self.test, fast_reset=_fast_reset(self.config, self.test.image))
         self.user_properties.append(("hvkvm_status", result.status))
         if outcome(self.test, result) in ("fail", "xfail"):
             raise GuestTestFailure(self.test, result)
@@ -147,6 +155,26 @@ class GuestTestItem(pytest.Item):
     def reportinfo(self):
         """Where the test is: the guest source file and line."""
         return self.test.file, self.test.line - 1, f"guest test {self.test.name}"
+
+
+def _fast_reset(config, image):
+    """The session's FastReset for ``image`` under ``--hvkvm-reset snapshot``, else None."""
+    mode = config.getoption("hvkvm_reset") or config.getini("hvkvm_reset") or "boot"
+    if mode != "snapshot":
+        return None
+    runners = getattr(config, "_hvkvm_fast_resets", None)
+    if runners is None:
+        runners = config._hvkvm_fast_resets = {}
+
+        def close_all():
+            for r in runners.values():
+                r.close()
+
+        config.add_cleanup(close_all)
+    if image not in runners:
+        from .guesttests import FastReset
+        runners[image] = FastReset(image)
+    return runners[image]
 
 
 @pytest.fixture
