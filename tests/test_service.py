@@ -420,7 +420,7 @@ def test_lifecycle_through_the_api(svc, idle_image):
 
     vm = c.stop("life", timeout=5)
     assert vm["state"] == "Off" and vm["graceful"] is False
-    assert "no shutdown integration service" in vm["reason"]
+    assert "shutdown integration service cannot reach the guest" in vm["reason"]   # idle has no IC drivers
     assert not proto.proc_alive(pid)
     assert vm["last_result"]["status"] == "stopped"
     st = c.stats("life")
@@ -478,7 +478,8 @@ def test_every_verb_through_the_cli(svc, idle_image, tmp_path):
     assert rc == 0 and "worker CPU" in out and "exits:" in out and "StorvscVsp" in out
     rc, out, _ = run_cli("vm", "stats", "clivm", "--json", *s)
     st = json.loads(out)
-    assert [v["class"] for v in st["vsps"]] == ["StorvscVsp"] + (["NetvscVsp"] if tap else [])
+    assert [v["class"] for v in st["vsps"]] == ["StorvscVsp"] + (["NetvscVsp"] if tap else []) + \
+        ["ShutdownVsp", "HeartbeatVsp"]    # every partition gets the integration services
     assert "stats" in st["vsps"][0]
     if tap:
         assert tap in subprocess.run(["ip", "-o", "link", "show", tap], capture_output=True,
@@ -681,7 +682,7 @@ def test_stop_is_graceful_through_a_shutdown_hook_and_hard_after_the_timeout(svc
     vm = c.show("ic-hang")
     assert 1.0 < vm["heartbeat"]["age_s"] < 60          # the heartbeat an IC reports
     st = c.stats("ic-hang")
-    assert st["heartbeat"]["last"] and st["vsps"][0]["class"] == "FakeShutdownIc"
+    assert st["heartbeat"]["last"] and "FakeShutdownIc" in [v["class"] for v in st["vsps"]]
 
     t0 = time.monotonic()
     vm = c.stop("ic-graceful", timeout=20)

@@ -117,7 +117,10 @@ class VcpuThread:
         if run is not None:
             run.immediate_exit = 1
         t = self.thread
-        if t is not None and t.ident is not None and t.is_alive():
+        # Without our handler the signal's default action would kill the whole process.
+        handler = signal.getsignal(KICK_SIGNAL)
+        if (t is not None and t.ident is not None and t.is_alive()
+                and handler not in (signal.SIG_DFL, signal.SIG_IGN, None)):
             try:
                 signal.pthread_kill(t.ident, KICK_SIGNAL)
             except (ProcessLookupError, OSError):
@@ -780,7 +783,8 @@ class ChildPartition:
         if getattr(self, "_threads", None):
             raise RuntimeError("a partition runs once; build a new one")
         timeout = timeout if timeout is not None else self.config.timeout
-        if not install_kick_handler():
+        kick_ok = install_kick_handler()
+        if not kick_ok:
             log.warning("kick signal handler not installed (run() outside the main thread "
                         "before any partition ran in it): stalled vCPUs cannot be probed")
         self._threads = [VcpuThread(self, v) for v in self.vcpus]
@@ -788,7 +792,9 @@ class ChildPartition:
         deadline = t0 + timeout if timeout else None
         for t in self._threads:
             t.start()
-        probe = self.config.stall_probe
+        # A probe works by kicking; without the handler, immediate_exit alone cannot reach a vCPU
+        # blocked in the guest, so only the watchdog's deadline ends such a run.
+        probe = self.config.stall_probe if kick_ok else 0
         try:
             while not self._done.is_set():
                 wait = 0.05 if probe else 0.5

@@ -14,7 +14,7 @@ Integration-service hooks (for the VSPs that provide them; the worker does not d
   (:class:`hvkvm.vsp.ic.ShutdownVsp` is one); returning ``False`` means it cannot now (e.g. the
   guest has not negotiated the channel) and the worker hard-stops at once.
   Otherwise the worker waits up to the stop timeout for the run to end, then hard-stops.
-* heartbeat: the first of them with a ``last_heartbeat`` attribute (wall-clock epoch seconds or
+* heartbeat: the newest ``last_heartbeat`` among them (wall-clock epoch seconds or
   None) is reported in ``status`` and ``stats``.
 * more VSPs: append a factory ``f(spec: dict) -> list[Vsp]`` to :data:`VSP_FACTORIES`, or
   name a module in ``$HVKVM_WORKER_PLUGINS`` (comma-separated; the service passes its
@@ -47,7 +47,15 @@ from .proto import LineReader, peer_credentials, send_msg
 log = logging.getLogger("hvkvm.service.worker")
 
 #: Extra VSP factories: ``f(spec) -> list`` of VMBus device providers to offer.
-VSP_FACTORIES: list[Callable[[dict], list]] = []
+def integration_services(spec: dict) -> list:
+    """Hyper-V's heartbeat and shutdown ICs for every partition the service starts: the service
+    shows the last heartbeat, and ``stop`` asks the guest to shut down before a hard stop. A
+    guest without IC drivers simply leaves the offers unopened."""
+    from ..vsp.ic import HeartbeatVsp, ShutdownVsp
+    return [ShutdownVsp(), HeartbeatVsp()]
+
+
+VSP_FACTORIES: list[Callable[[dict], list]] = [integration_services]
 
 CONSOLE_RING = 256 << 10
 CONSOLE_LOG_LIMIT = 8 << 20
@@ -478,11 +486,13 @@ class Worker:
 
     def heartbeat(self) -> dict | None:
         """The guest's last heartbeat as an integration service reports it, or None."""
-        for o in self._hook_owners():
-            if hasattr(o, "last_heartbeat"):
-                t = getattr(o, "last_heartbeat")
-                return {"last": t, "age_s": None if t is None else round(time.time() - t, 3)}
-        return None
+        owners = [o for o in self._hook_owners() if hasattr(o, "last_heartbeat")]
+        if not owners:
+            return None
+        # The newest heartbeat any integration service has seen (a default one may be silent).
+        beats = [o.last_heartbeat for o in owners if o.last_heartbeat is not None]
+        t = max(beats) if beats else None
+        return {"last": t, "age_s": None if t is None else round(time.time() - t, 3)}
 
     def stats(self) -> dict:
         """Exit counts, CPU time, memory, serial, SynIC and VSP counters, right now."""
@@ -563,6 +573,10 @@ class Worker:
                                       instance_id=uuid.uuid5(HV_NIC_GUID, f"nic{i}:{ns.tap}")))
         for f in VSP_FACTORIES:
             vsps += list(f(spec))
+        # One device per class: a plugin's VSP (appended later) replaces a default one.
+        last = {getattr(v, "class_id", None): v for v in vsps}
+        vsps = [v for v in vsps if getattr(v, "class_id", None) is None
+                or last[v.class_id] is v]
         self.vsps = vsps
         cfg = PartitionConfig(image=spec["image"], memory=int(spec["memory"]),
                               vcpus=int(spec["vcpus"]), cmdline=spec.get("cmdline") or "",
