@@ -106,7 +106,14 @@ class Disk:
             flags |= os.O_DIRECT
         p = self.path
         try:
-            self.fd = os.open(p, flags)
+            # A FIFO or device would block or misbehave in open(): refuse it before opening.
+            st = os.stat(p)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+                raise DiskError(f"{p}: not a regular file (raw image files only)")
+        except OSError:
+            pass                                # open() below says what is wrong
+        try:
+            self.fd = os.open(p, flags | os.O_NONBLOCK)
         except FileNotFoundError:
             raise DiskError(f"{p}: no such file (make one with `hvkvm disk create {p} SIZE`)") \
                 from None
