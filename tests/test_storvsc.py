@@ -600,6 +600,26 @@ def test_buffers_outside_ram_or_disagreeing_with_the_request_are_refused(rig):
     assert g.ok(read10(0, 1), 512) == pattern(1, 512)
 
 
+def test_a_corrupt_ring_stops_its_channel_only(rig):
+    r = rig(controllers=2, sizes=(DISK, DISK))
+    g0, g1 = r.guests
+    g0.ok(write10(0, 1), data=pattern(1, 512))
+    # the guest's send ring: write_index unaligned (a hostile or broken guest)
+    hdr = g0.ch.maps[0].address
+    import ctypes
+    ctypes.c_uint32.from_address(hdr).value = 13
+    g0.ch.kick()
+    ch0 = plane_of(r.vsps[0], g0)
+    if r.plane == "c":
+        assert wait_for(lambda: ch0.plane.error != 0)
+    else:
+        assert wait_for(lambda: ch0.broken is not None)
+        assert any("relid" in e for e in r.server.errors)
+    for i in range(10):
+        g1.ok(write10(i, 1), data=pattern(i, 512))
+        assert g1.ok(read10(i, 1), 512) == pattern(i, 512)
+
+
 # ------------------------------------------------------------------------------------------
 # C emulation == Python emulation
 # ------------------------------------------------------------------------------------------

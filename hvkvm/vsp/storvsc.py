@@ -340,8 +340,14 @@ class _Channel:
         """Counters of this channel (the C plane's when it serves it)."""
         out = dict(self.protocol.counts)
         out["plane"] = "c" if self.plane is not None else "python"
+        if self.broken:
+            out["broken"] = self.broken
+        if self.plane_error:
+            out["plane_error"] = self.plane_error
         if self.plane is not None:
             out.update({f"plane_{k}": v for k, v in self.plane.stats.items()})
+            if self.plane.error:
+                out["broken"] = f"C plane stopped ({self.plane.error})"
             for k, v in self.storage.stats.items():
                 out[k] = out.get(k, 0) + v      # handshake (Python) + data path (C)
         return out
