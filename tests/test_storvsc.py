@@ -620,6 +620,97 @@ def test_a_corrupt_ring_stops_its_channel_only(rig):
         assert g1.ok(read10(i, 1), 512) == pattern(i, 512)
 
 
+def _fuzz_requests(seed: int, ram: int, base: int):
+    """A fixed random mix of SRBs: real commands with random fields, random bytes, buffers in
+    and out of RAM, lengths that agree and disagree, other LUNs and targets."""
+    import random
+    rnd = random.Random(seed)
+    ops = [0x00, 0x08, 0x0A, 0x12, 0x1A, 0x25, 0x28, 0x2A, 0x35, 0x42, 0x5A, 0x88, 0x8A, 0x91,
+           0x9E, 0xA0, 0x03, 0x1B, 0xFF]
+    out = []
+    for i in range(250):
+        cdb = bytearray(rnd.randbytes(16))
+        cdb[0] = rnd.choice(ops)
+        if rnd.random() < 0.7:              # plausible LBAs and counts
+            if cdb[0] in (0x28, 0x2A):
+                cdb[2:6] = rnd.randrange(0, 2100).to_bytes(4, "big")
+                cdb[7:9] = rnd.randrange(0, 20).to_bytes(2, "big")
+                cdb[1] &= 0x1F
+            elif cdb[0] in (0x88, 0x8A):
+                cdb[2:10] = rnd.randrange(0, 2100).to_bytes(8, "big")
+                cdb[10:14] = rnd.randrange(0, 20).to_bytes(4, "big")
+                cdb[1] &= 0x1F
+        cdb_len = rnd.choice([6, 10, 12, 16, rnd.randrange(0, 18)])
+        length = rnd.choice([0, 512, 4096, 10240, rnd.randrange(0, 70000)])
+        kind = rnd.random()
+        if length == 0 or kind < 0.1:
+            ranges = None
+        elif kind < 0.75:                    # a good buffer at a random offset
+            gpa = base + rnd.randrange(0, 0x100000)
+            ranges = StorGuest.ranges_for(gpa, length)
+        else:                                 # a page outside RAM, or lengths that disagree
+            gpa = base + rnd.randrange(0, 0x1000)
+            (count, off, pfns), = StorGuest.ranges_for(gpa, length)
+            if rnd.random() < 0.5:
+                pfns[rnd.randrange(len(pfns))] = rnd.choice([ram // PAGE, ram // PAGE + 77,
+                                                             1 << 45, (1 << 64) - 1])
+            else:
+                count = max(1, count + rnd.choice([-513, -1, 1, 4096]))
+                pfns = pfns + [pfns[-1] + 1]
+            ranges = [(count, off, pfns)]
+        addr = rnd.choice([{}, {}, {}, {"lun": 1}, {"target": 1}])
+        out.append((bytes(cdb), cdb_len, length, ranges, addr, rnd.randbytes(64)))
+    return out
+
+
+def test_random_requests_get_one_answer_each_and_both_planes_agree(tmp_path):
+    """250 random SRBs against both planes, each on its own fresh disk and the same guest RAM
+    contents: every request gets exactly one completion, the completions are the same bytes on
+    both planes, and so are the disks afterwards."""
+    answers, images = {}, {}
+    for plane in ("python", "c"):
+        path = tmp_path / f"fuzz_{plane}.img"
+        create_disk(path, DISK)
+        d = Disk(path)
+        part = PlanePartition()
+        vsp = StorvscVsp(d, plane=plane, max_transfer_bytes=MAX_XFER)
+        server, (g,) = open_storvsc(part, [vsp], ring_pages=16)
+        try:
+            g.handshake()
+            if plane == "c":
+                assert wait_plane(vsp, g)
+            base = g.data_gpa
+            got = []
+            for cdb, cdb_len, length, ranges, addr, fill in _fuzz_requests(1, part.memory.size,
+                                                                           base):
+                g.mem.write(base, fill * (0x110000 // 64))
+                pkt = bytearray(g.srb_packet(cdb[:16], length, **addr))
+                pkt[12 + 8] = cdb_len
+                c = g.call(bytes(pkt), ranges=ranges)
+                got.append((c.raw, g.mem.read(base, 0x110000) if length else b""))
+            g.ok(write10(0, 1), data=pattern(5, 512))             # still serving
+            answers[plane] = got
+            st = vsp.stats()[g.ch.offer.child_relid]
+            assert "broken" not in st, st
+        finally:
+            server.close()
+            g.ch.close()
+            d.close()
+            part.close()
+        images[plane] = path.read_bytes()
+    kinds = {}
+    for i, (a, b) in enumerate(zip(answers["python"], answers["c"])):
+        assert a[0] == b[0], f"request {i}: completion differs"
+        assert a[1] == b[1], f"request {i}: guest buffer differs"
+        srb = sw.vstor_packet.from_buffer_copy(a[0][:64]).vm_srb
+        kinds[srb.srb_status] = kinds.get(srb.srb_status, 0) + 1
+    assert images["python"] == images["c"]
+    # the mix reaches every outcome: success, CHECK CONDITION, refused, missing LUN
+    assert all(kinds.get(k, 0) >= 10 for k in (sw.SRB_STATUS_SUCCESS, 0x84,
+                                              sw.SRB_STATUS_INVALID_REQUEST,
+                                              sw.SRB_STATUS_INVALID_LUN)), kinds
+
+
 # ------------------------------------------------------------------------------------------
 # C emulation == Python emulation
 # ------------------------------------------------------------------------------------------
