@@ -152,3 +152,69 @@ def test_images_list_names_the_built_in_images():
     r = hvkvm("images", "list")
     assert r.returncode == 0
     assert {"hello", "smp", "fault", "exits"} <= set(r.stdout.split())
+
+
+# -- hvkvm doctor --ci: exit codes a CI script branches on (ci/README.md) ----------------------------
+
+
+def test_doctor_ci_without_kvm_exits_3_with_a_one_line_fix():
+    r = hvkvm("doctor", "--ci", env={"HVKVM_KVM_DEVICE": "/nonexistent/kvm"})
+    assert r.returncode == 3
+    line = one_line_error(r)
+    assert "no KVM device" in line and "fix: load KVM" in line
+
+
+def test_doctor_ci_without_permission_exits_4(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from hvkvm.cli import main
+    dev = tmp_path / "kvm"
+    dev.write_bytes(b"")
+    monkeypatch.setenv("HVKVM_KVM_DEVICE", str(dev))
+    real_open = os.open
+
+    def open_as_an_unprivileged_user(path, flags, *args, **kw):
+        if os.fspath(path) == str(dev):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dev))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", open_as_an_unprivileged_user)
+    assert main(["doctor", "--ci", "--no-probe"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hvkvm doctor: no permission:") and "kvm group" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.kvm
+def test_doctor_ci_missing_required_capability_exits_5(monkeypatch, capsys):
+    from hvkvm.cli import main
+    from hvkvm.kvm import abi
+    from hvkvm.kvm.system import Kvm
+    real = Kvm.check_extension
+    monkeypatch.setattr(Kvm, "check_extension",
+                        lambda self, cap: 0 if cap == abi.KVM_CAP_SYNC_REGS else real(self, cap))
+    assert main(["doctor", "--ci", "--no-probe"]) == 5
+    err = capsys.readouterr().err
+    assert "missing required capability: KVM_CAP_SYNC_REGS" in err and "fix:" in err
+
+
+@pytest.mark.kvm
+def test_doctor_ci_ok_exits_0_with_one_line():
+    r = hvkvm("doctor", "--ci", "--no-probe")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("hvkvm doctor: ok:") and len(r.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "hello", "--gdb-wait"], "--gdb-wait needs --gdb"),
+    (["run", "hello", "--gdb", "127.0.0.1:notaport"], "--gdb takes [HOST:]PORT"),
+    (["run", "hello", "--snapshot-at", "3"], "--snapshot-at needs --snapshot-out"),
+    (["run", "hello", "--snapshot-out", "/tmp/x.snap", "--snapshot-at", "soon"],
+     "--snapshot-at takes a SYNC stage number"),
+    (["run", "hello", "--restore", "/no/such.snap"], "cannot read snapshot"),
+    (["run", "hello", "--restore", "/etc/hostname"], "not an hvkvm snapshot"),
+])
+def test_snapshot_and_gdb_usage_errors_are_one_line_and_exit_2(args, needle):
+    r = hvkvm(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in one_line_error(r)

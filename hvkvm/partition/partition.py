@@ -700,10 +700,13 @@ class ChildPartition:
         the serial UART and RAM; later restores copy back only the pages written since.
 
         Call it when the partition is not running, while it is paused, or from a callback in a
-        vCPU thread (``on_sync``): the other vCPUs are then paused for the time it takes.
+        vCPU thread (``on_sync``): the other vCPUs are then paused for the time it takes. After a
+        finished run, :meth:`run` may be called again: it continues from the snapshot's state.
         """
         from .snapshot import take_snapshot
-        return take_snapshot(self)
+        snap = take_snapshot(self)
+        self._rearm()
+        return snap
 
     def restore(self, snapshot) -> dict:
         """Put the partition back to ``snapshot`` (taken here or loaded from a file for the same
