@@ -875,3 +875,29 @@ def test_both_planes_in_a_real_partition(make_partition, tmp_path, plane):
             part.close()
     finally:
         disk.close()
+
+
+def test_without_a_siefp_the_c_plane_falls_back_to_python(tmp_path):
+    """A guest that never set up the SIEFP page cannot get channel interrupts from a C plane:
+    the channel stays on the Python plane (and says why) instead of failing."""
+    from hvkvm.hv import synic as hs
+    path = tmp_path / "fallback.img"
+    create_disk(path, DISK)
+    d = Disk(path)
+    part = PlanePartition()
+    vsp = StorvscVsp(d, plane="c")
+    server, (g,) = open_storvsc(part, [vsp])
+    try:
+        part.hv.wrmsr(0, hs.HV_X64_MSR_SIEFP, 0)
+        g.handshake()
+        ch = plane_of(vsp, g)
+        assert wait_for(lambda: ch.plane_error is not None)
+        assert ch.plane is None and "SIEFP" in ch.plane_error
+        g.ok(write10(0, 1), data=pattern(1, 512))
+        assert g.ok(read10(0, 1), 512) == pattern(1, 512)
+        assert vsp.stats()[g.ch.offer.child_relid]["plane"] == "python"
+    finally:
+        server.close()
+        g.ch.close()
+        d.close()
+        part.close()

@@ -320,10 +320,13 @@ class _Channel:
                 return True
             try:
                 storage = CStorage(self.vsp, self.oc.server.memory, self.protocol.version)
+                plane = None
                 try:
                     plane = storage.make_plane(self.oc, self.vsp.spin_us)
                     plane.start()
                 except BaseException:
+                    if plane is not None:
+                        plane.close()
                     storage.close()
                     raise
             except Exception as e:
