@@ -286,3 +286,24 @@ def test_hvkvm_test_reset_snapshot():
     r = hvkvm("test", "selftest", "--reset", "snapshot", "-k", "cmdline or printf or ring3")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS  cmdline_reaches_the_test" in r.stdout and "fell back" not in r.stderr
+
+
+@pytest.mark.kvm
+def test_without_a_working_kvm_set_xsave_fpu_state_goes_through_kvm_set_fpu(make_partition,
+                                                                           monkeypatch):
+    from hvkvm.kvm.errors import KvmError
+    from hvkvm.kvm.vcpu import Vcpu
+
+    def set_xsave_fails(self, xsave):     # what kvm_pvm may do (xrstor)
+        raise KvmError("KVM_SET_XSAVE", 22)
+
+    monkeypatch.setattr(Vcpu, "set_xsave", set_xsave_fails)
+    p = dirtier(make_partition)
+    snap = p.snapshot()
+    assert snap.fpu_mode == "fpu" and snap.vcpus[0].xsave is None
+    assert any("KVM_GET/SET_FPU" in n for n in snap.notes)     # said, and kept with it
+    fpu = p.vcpus[0].get_fpu()
+    fpu.fcw = 0x27F
+    p.vcpus[0].set_fpu(fpu)
+    p.restore(snap)
+    assert bytes(p.vcpus[0].get_fpu()) == snap.vcpus[0].fpu
