@@ -1,37 +1,133 @@
-"""What every benchmark report carries: the machine, the timing helpers, the JSON writer."""
+"""What every benchmark report carries: the machine, progress on the terminal, sample summaries,
+comparable measures, the JSON writer and plain tables.
+
+Every suite module has ``run(quick, repeat) -> section`` (a dict with every sample),
+``format_report(section) -> str`` and ``measures(section) -> list`` of :func:`measure` dicts (what
+``hvkvm bench compare`` and ``plot`` work on).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+#: Version of the JSON layout (``hvkvm bench compare`` refuses other versions).
+SCHEMA = 2
+
+_REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def _first_line(cmd: list[str]) -> str | None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    out = (r.stdout or r.stderr).strip().splitlines()
+    return out[0].strip() if out else None
+
+
+def git_revision() -> str | None:
+    """``git describe --always --dirty`` of the hvkvm tree (None outside a checkout)."""
+    if not (_REPO / ".git").exists() or shutil.which("git") is None:
+        return None
+    rev = _first_line(["git", "-C", str(_REPO), "rev-parse", "HEAD"])
+    dirty = _first_line(["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"])
+    return f"{rev}{'-dirty' if dirty else ''}" if rev else None
+
+
+def qemu_version() -> str | None:
+    """``qemu-system-x86_64 --version``'s first line (None when QEMU is absent)."""
+    q = shutil.which("qemu-system-x86_64")
+    return _first_line([q, "--version"]) if q else None
+
 
 def describe_machine(probe: bool = True) -> dict:
-    """The machine and KVM backend a run measured (from ``hvkvm doctor``)."""
+    """The machine, the KVM backend and the toolchain a run measured."""
     from .. import __version__
     from ..doctor import diagnose
     rep = diagnose(probe=probe)
+    model = rep.cpu_model
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                model = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem_gib = round(kb / 1048576, 1)
+    except (OSError, AttributeError):
+        pass
     return {
         "hvkvm": __version__,
+        "git_revision": git_revision(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "gcc": _first_line(["gcc", "--version"]),
+        "qemu": qemu_version(),
         "cpus": os.cpu_count(),
-        "cpu": f"{rep.vendor} {rep.cpu_model}".strip(),
+        "cpu": f"{rep.vendor} {model}".strip(),
+        "memory_gib": mem_gib,
         "host_is_vm": rep.nested,
+        "nested": rep.nested,
         "backend": rep.backend,
+        "kvm_modules": list(rep.modules),
+        "kvm_api_version": rep.api_version,
+        "kvm_caps": dict(rep.caps),
+        "ring0_emulated": rep.backend == "kvm_pvm",
         "probe": rep.probe,
+        "load_average": list(os.getloadavg()),
     }
 
+
+def machine_line(m: dict) -> str:
+    """One line naming the machine (the report's first)."""
+    return (f"machine: {m['cpu']}, {m['cpus']} CPUs, backend {m['backend']}"
+            f"{' (ring 0 emulated)' if m.get('ring0_emulated') else ''}, kernel {m['kernel']}, "
+            f"Python {m['python']}, hvkvm {m.get('git_revision') or m['hvkvm']}")
+
+
+# -- statistics ---------------------------------------------------------------------------------
 
 def median(values: list[float]) -> float:
     """Median of a non-empty list."""
     return statistics.median(values)
 
+
+def summarize(samples: list[float]) -> dict:
+    """median, mean, min, max, n and ``spread`` = (max - min) / median (0 for one sample)."""
+    if not samples:
+        return {"median": None, "mean": None, "min": None, "max": None, "n": 0, "spread": 0.0}
+    med = statistics.median(samples)
+    spread = (max(samples) - min(samples)) / med if len(samples) > 1 and med else 0.0
+    return {"median": med, "mean": statistics.fmean(samples), "min": min(samples),
+            "max": max(samples), "n": len(samples), "spread": round(spread, 4)}
+
+
+def measure(mid: str, value, unit: str, better: str, samples=None, *, group: str = "",
+            label: str = "") -> dict:
+    """One comparable number: ``mid`` a stable id ("storage/storvsc-c/tmpfs/r3/randread-4k-qd1/
+    iops"), ``better`` "higher" or "lower", ``samples`` every repetition's value; ``group`` and
+    ``label`` place it in a chart (one chart per suite and unit, bars grouped by ``group``)."""
+    return {"id": mid, "value": value, "unit": unit, "better": better,
+            "samples": list(samples) if samples is not None else ([value] if value is not None
+                                                                    else []),
+            "group": group, "label": label or mid}
+
+
+# -- output -------------------------------------------------------------------------------------
 
 def write_json(path: str | None, doc: dict) -> None:
     """Write ``doc`` to ``path`` (if given) as indented JSON."""
@@ -42,10 +138,106 @@ def write_json(path: str | None, doc: dict) -> None:
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A plain-text table: columns are (key, heading, format)."""
     heads = [h for _, h, _ in columns]
-    cells = [[format(r.get(k, ""), f) if r.get(k) is not None else "-" for k, _, f in columns]
-             for r in rows]
+    cells = [[_cell(r.get(k), f) for k, _, f in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
               for i, h in enumerate(heads)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def _cell(v, f: str) -> str:
+    if v is None or v == "":
+        return "-"
+    try:
+        return format(v, f)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+class Progress:
+    """Progress lines on stderr while a suite runs: rich's spinner when rich is installed and
+    stderr is a terminal (``pip install hvkvm[bench]``), else one plain line per step."""
+
+    def __init__(self):
+        self.count = 0
+        self._console = None
+        self.enabled = True
+        if sys.stderr.isatty() and not os.environ.get("HVKVM_BENCH_PLAIN"):
+            try:
+                from rich.console import Console
+                self._console = Console(stderr=True)
+            except ImportError:
+                self._console = None
+
+    @contextlib.contextmanager
+    def step(self, label: str):
+        """Announce ``label``; on leaving, say how long it took (or that it failed)."""
+        self.count += 1
+        n = self.count
+        t0 = time.perf_counter()
+        if not self.enabled:
+            yield
+            return
+        if self._console is not None:
+            with self._console.status(f"[bold][{n}][/bold] {label} ..."):
+                try:
+                    yield
+                except BaseException:
+                    self._console.print(f"[red][{n}] {label}: failed after "
+                                        f"{time.perf_counter() - t0:.1f} s[/red]")
+                    raise
+            self._console.print(f"[dim][{n}][/dim] {label} [green]{time.perf_counter() - t0:.1f}"
+                                f" s[/green]")
+            return
+        print(f"[{n}] {label} ...", file=sys.stderr, flush=True)
+        try:
+            yield
+        except BaseException:
+            print(f"[{n}] {label}: failed after {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr, flush=True)
+            raise
+        print(f"[{n}] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line between steps."""
+        if not self.enabled:
+            return
+        if self._console is not None:
+            self._console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+#: The process's progress reporter (the CLI and the suites share it).
+progress = Progress()
+
+
+# -- process CPU time ---------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_times(pid: int | str = "self") -> dict:
+    """CPU seconds of a process: ``total`` (CLOCK_PROCESS_CPUTIME_ID for self: ns resolution)
+    and, from /proc/PID/stat (clock ticks), ``user``, ``system`` and ``guest`` (time in guest
+    mode, part of user)."""
+    out = {}
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # fields after the comm: state=0 ... utime=11 stime=12 ... guest_time=40
+        out["user"] = int(f[11]) / _TICK
+        out["system"] = int(f[12]) / _TICK
+        out["guest"] = int(f[40]) / _TICK if len(f) > 40 else 0.0
+    except (OSError, IndexError, ValueError):
+        out.update(user=0.0, system=0.0, guest=0.0)
+    if pid == "self":
+        out["total"] = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
+    else:
+        out["total"] = out["user"] + out["system"]
+    return out
+
+
+def cpu_delta(a: dict, b: dict) -> dict:
+    """b - a per key."""
+    return {k: b[k] - a[k] for k in a if k in b}
