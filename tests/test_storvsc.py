@@ -176,6 +176,8 @@ def test_operations_out_of_order_and_unknown(rig):
     assert early.status == sw.STATUS_INVALID_DEVICE_STATE
     assert early.srb.srb_status == sw.SRB_STATUS_INVALID_REQUEST
     assert g.op(sw.VSTOR_OPERATION_END_INITIALIZATION).status == sw.STATUS_INVALID_DEVICE_STATE
+    # Nothing of the handshake counts before BEGIN_INITIALIZATION (Linux always sends it first).
+    assert g.op(sw.VSTOR_OPERATION_QUERY_PROPERTIES).status == sw.STATUS_INVALID_DEVICE_STATE
     g.handshake()
     if r.plane == "c":
         assert wait_plane(r.vsp, g)

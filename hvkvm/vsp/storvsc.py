@@ -133,6 +133,9 @@ class Protocol:
                 return
             if op == sw.VSTOR_OPERATION_BEGIN_INITIALIZATION:
                 self.begun = True
+            elif not self.begun:
+                # Linux's storvsc_channel_init always begins with BEGIN_INITIALIZATION.
+                resp.status = sw.STATUS_INVALID_DEVICE_STATE
             elif op == sw.VSTOR_OPERATION_QUERY_PROTOCOL_VERSION:
                 if req.version.major_minor in sw.SUPPORTED_VERSIONS:
                     self.version = req.version.major_minor
