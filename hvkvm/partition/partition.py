@@ -564,11 +564,22 @@ class ChildPartition:
         self.pio_bus.insert(self.serial, COM1_BASE, 8)
         if cfg.serial_stdin:
             self.serial.start_stdin_reader(sys.stdin.fileno())
+        attached: set[int] = set()
         for d in cfg.devices:
             bus = {"pio": self.pio_bus, "mmio": self.mmio_bus}.get(d.bus)
             if bus is None:
                 raise ValueError(f"unknown bus {d.bus!r} (pio or mmio)")
             bus.insert(d.device, d.base, d.length)
+            # A device that needs the partition (guest RAM, the VM for ioeventfds, irqfds and
+            # IRQ lines) gets attach(partition) once, however many ranges it has; its detach()
+            # runs at close, after the vCPUs stopped and before RAM and the VM go.
+            attach = getattr(d.device, "attach", None)
+            if attach is not None and id(d.device) not in attached:
+                attached.add(id(d.device))
+                attach(self)
+                detach = getattr(d.device, "detach", None)
+                if detach is not None:
+                    self._stack.callback(detach)
 
     def _load(self) -> None:
         cfg = self.config
