@@ -121,9 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
                           "once at the runtime's test dispatch")
 
     bench = sub.add_parser("bench", help="measure I/O paths; prints a table and writes JSON")
-    bench.add_argument("suite", choices=["exits", "vmbus", "boot"], help="what to measure")
-    bench.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
-    bench.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy)")
+    bench_sub = bench.add_subparsers(dest="suite", metavar="SUITE", parser_class=_Parser,
+                                     required=True)
+    for name, what in (("exits", "what one exit costs, Python and C exit loops"),
+                       ("vmbus", "VMBus echo and one-way, C and Python data planes"),
+                       ("storage", "disk_bench over every storage path and QEMU"),
+                       ("net", "UDP echo latency and one-way pps over every network path"),
+                       ("boot", "snapshot restore, start-up, teardown, QEMU boot"),
+                       ("ceilings", "memcpy bandwidth and the zero-exit ping-pong"),
+                       ("all", "every suite in one run, with the goals")):
+        sp = bench_sub.add_parser(name, help=what)
+        sp.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+        sp.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy)")
+        sp.add_argument("--repeat", type=_positive_int, metavar="N", default=None,
+                        help="runs per case (samples for the spread; default per suite)")
+    cmp_ = bench_sub.add_parser("compare", help="B against A: ratios, regressions beyond noise")
+    cmp_.add_argument("a", metavar="A.json")
+    cmp_.add_argument("b", metavar="B.json")
+    cmp_.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    cmp_.add_argument("--fail-on-regression", action="store_true",
+                      help="exit 1 when a measure regressed beyond the runs' noise")
+    plot = bench_sub.add_parser("plot", help="PNG charts of a report (needs matplotlib)")
+    plot.add_argument("file", metavar="FILE.json")
+    plot.add_argument("--out", metavar="DIR", required=True, help="directory for the PNGs")
 
     doc = sub.add_parser("doctor", help="check /dev/kvm and say which kind of KVM this is")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -484,10 +504,17 @@ def cmd_test(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """``hvkvm bench SUITE``: run, print the table, write JSON."""
-    import importlib
-
-    from .bench.common import describe_machine, write_json
+    """``hvkvm bench SUITE``: run, print the table and the goals, write JSON; ``compare``;
+    ``plot``."""
+    from .bench import report
+    from .bench.common import write_json
+    if args.suite in ("compare", "plot"):
+        try:
+            if args.suite == "compare":
+                return report.main_compare(args.a, args.b, args.fail_on_regression, args.json)
+            return report.main_plot(args.file, args.out)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     from .doctor import kvm_usable
     ok, why = kvm_usable()
     if not ok:
@@ -498,14 +525,10 @@ def cmd_bench(args) -> int:
             open(args.json, "a").close()
         except OSError as e:
             raise UsageError(f"cannot write {args.json}: {e.strerror}") from None
-    suite = importlib.import_module(f".bench.{args.suite}", __package__)
-    machine = describe_machine()
-    print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, backend {machine['backend']}, "
-          f"kernel {machine['kernel']}")
-    section = suite.run(quick=args.quick)
-    print(suite.format_report(section))
-    write_json(args.json, {"suite": args.suite, "machine": machine, "quick": args.quick,
-                           **section})
+    argv = sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else [args.suite]
+    doc = report.run_suites(args.suite, args.quick, args.repeat, argv)
+    print(report.format_document(doc))
+    write_json(args.json, doc)
     return 0
 
 

@@ -218,26 +218,67 @@ progress = Progress()
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_times(pid: int | str = "self") -> dict:
-    """CPU seconds of a process: ``total`` (CLOCK_PROCESS_CPUTIME_ID for self: ns resolution)
-    and, from /proc/PID/stat (clock ticks), ``user``, ``system`` and ``guest`` (time in guest
-    mode, part of user)."""
+def _stat_fields(path: str) -> list[str]:
+    # fields after "(comm)": state=0 ... utime=11 stime=12 ... guest_time=40
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_times(pid: int | str = "self", vcpu_tids=()) -> dict:
+    """CPU seconds of a process: ``total`` (CLOCK_PROCESS_CPUTIME_ID for self: ns resolution),
+    ``user``, ``system`` and ``guest`` (time in guest mode, part of user; clock ticks) from
+    /proc/PID/stat, and for self ``threads``: {tid: (name, on-CPU seconds from schedstat (ns
+    resolution), guest seconds (ticks))}; ``vcpu_tids`` (native thread ids) are the vCPU threads
+    (named "vcpu" in ``threads``)."""
     out = {}
     try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # fields after the comm: state=0 ... utime=11 stime=12 ... guest_time=40
+        f = _stat_fields(f"/proc/{pid}/stat")
         out["user"] = int(f[11]) / _TICK
         out["system"] = int(f[12]) / _TICK
         out["guest"] = int(f[40]) / _TICK if len(f) > 40 else 0.0
     except (OSError, IndexError, ValueError):
         out.update(user=0.0, system=0.0, guest=0.0)
-    if pid == "self":
-        out["total"] = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
-    else:
+    if pid != "self":
         out["total"] = out["user"] + out["system"]
+        return out
+    out["total"] = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
+    threads = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        tids = []
+    for tid in tids:
+        base = f"/proc/self/task/{tid}"
+        try:
+            name = "vcpu" if int(tid) in vcpu_tids else Path(base + "/comm").read_text().strip()
+            ns = int(Path(base + "/schedstat").read_text().split()[0])
+            f = _stat_fields(base + "/stat")
+            guest = int(f[40]) / _TICK if len(f) > 40 else 0.0
+        except (OSError, IndexError, ValueError):
+            continue
+        threads[int(tid)] = (name, ns / 1e9, guest)
+    out["threads"] = threads
     return out
 
 
 def cpu_delta(a: dict, b: dict) -> dict:
-    """b - a per key."""
-    return {k: b[k] - a[k] for k in a if k in b}
+    """b - a: ``total``, ``user``, ``system``, ``guest``; and from the threads, ``vcpu`` (on-CPU
+    seconds of vCPU threads, guest time included), ``vcpu_guest``, ``other`` (every other thread:
+    data planes, VSP threads, the main thread) and ``host`` = other + the vCPU threads' time
+    outside guest mode (the parent's CPU time; guest time comes in clock ticks, so ``host`` is
+    accurate to about 10 ms per window)."""
+    out = {k: b[k] - a[k] for k in ("total", "user", "system", "guest") if k in a and k in b}
+    ta, tb = a.get("threads"), b.get("threads")
+    if ta is None or tb is None:
+        out["host"] = max(0.0, out.get("total", 0.0) - out.get("guest", 0.0))
+        return out
+    vcpu = vguest = other = 0.0
+    for tid, (name, secs, guest) in tb.items():
+        s0, g0 = (ta[tid][1], ta[tid][2]) if tid in ta else (0.0, 0.0)
+        if name == "vcpu":
+            vcpu += secs - s0
+            vguest += guest - g0
+        else:
+            other += secs - s0
+    out.update(vcpu=vcpu, vcpu_guest=vguest, other=other,
+               host=other + max(0.0, vcpu - vguest))
+    return out

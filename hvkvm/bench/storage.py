@@ -223,7 +223,8 @@ def run_hvkvm(path: StoragePath, file: str, direct: bool, w: Workload, ring: int
         user = sum(r0 + r3 for name, (r0, r3) in vt.exits.items() if name != "intr")
         st = holder.get("stats")
         extra = built.counters(holder["p"]) if built.counters else {}
-        return {"t": time.perf_counter(), "cpu": cpu_times(), "user": user,
+        return {"t": time.perf_counter(), "cpu": cpu_times(vcpu_tids=(vt.thread.native_id,)),
+                "user": user,
                 "kvm": st.read() if st else None, **extra}
 
     def on_sync(vp, uc):
@@ -265,7 +266,7 @@ def run_hvkvm(path: StoragePath, file: str, direct: bool, w: Workload, ring: int
                                  if "interrupts" in a else None),
            "kicks_per_io": g.get("kicks", 0) / ios,
            "process_cpu_us_per_io": cpu["total"] / ios * 1e6,
-           "host_cpu_us_per_io": max(0.0, cpu["total"] - cpu["guest"]) / ios * 1e6,
+           "host_cpu_us_per_io": cpu["host"] / ios * 1e6,
            "guest_cpu_us_per_io": cpu["guest"] / ios * 1e6}
     return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from .common import median, table
+from .common import measure, progress, summarize, table
 
 SIZES = (64, 4096, 65536)
 PLANES = ("c", "python")
@@ -72,8 +72,27 @@ def run_case(plane: str, size: int, oneway: bool, count: int, ring: int = 3) -> 
     return row
 
 
-def run(quick: bool = False) -> dict:
+def run_repeated(plane: str, size: int, oneway: bool, count: int, repeat: int) -> dict:
+    """``repeat`` runs of one case: medians, every sample in ``samples``."""
+    runs = [run_case(plane, size, oneway, count) for _ in range(repeat)]
+    row = dict(runs[0])
+    row["samples"] = {}
+    for k in ("round_trips_per_s", "mean_rtt_us", "mb_per_s", "packets_per_s",
+              "exits_per_packet", "kicks_per_packet", "interrupts_per_packet"):
+        if k in row:
+            vals = [r[k] for r in runs]
+            row[k] = summarize(vals)["median"]
+            row["samples"][k] = vals
+    lead = "packets_per_s" if oneway else "round_trips_per_s"
+    s = summarize(row["samples"][lead])
+    row["spread"] = s["spread"] if s["n"] > 1 else None
+    row["runs"] = repeat
+    return row
+
+
+def run(quick: bool = False, repeat: int | None = None) -> dict:
     """Every plane, size and mode; the report section."""
+    repeat = repeat or 1
     # Counts sized for roughly a quarter second per case on kvm_pvm; --quick divides by 20.
     counts = {("c", False): 100_000, ("python", False): 5_000,
               ("c", True): 200_000, ("python", True): 20_000}
@@ -83,7 +102,9 @@ def run(quick: bool = False) -> dict:
             for plane in PLANES:
                 count = counts[(plane, oneway)] // (4 if size >= 65536 else 1)
                 count = max(50, count // (20 if quick else 1))
-                rows.append(run_case(plane, size, oneway, count))
+                with progress.step(f"vmbus: {plane} plane {'one-way' if oneway else 'echo'} "
+                                   f"{size} bytes, {count} packets x {repeat}"):
+                    rows.append(run_repeated(plane, size, oneway, count, repeat))
     by = {(r["plane"], r["size"], r["mode"]): r for r in rows}
     ratios = {}
     for size in SIZES:
@@ -101,10 +122,30 @@ def format_report(section: dict) -> str:
             ("packets", "packets", "d"), ("round_trips_per_s", "RT/s", "d"),
             ("mean_rtt_us", "RTT us", ".2f"), ("mb_per_s", "MB/s", ".1f"),
             ("exits_per_packet", "exits/pkt", ".4f"), ("kicks_per_packet", "kicks/pkt", ".4f"),
-            ("interrupts_per_packet", "irqs/pkt", ".4f")]
+            ("interrupts_per_packet", "irqs/pkt", ".4f"), ("spread", "spread", ".0%")]
     lines = [table(section["cases"], cols), ""]
     for k, v in section["ratios"].items():
         lines.append(f"{k}: {v}x")
     lines.append(f"C plane under 0.1 userspace exits per packet: "
                  f"{section['goal_c_exits_per_packet_below_0.1']}")
     return "\n".join(lines)
+
+
+def measures(section: dict) -> list[dict]:
+    """Round trips/s (echo) and MB/s (one-way) per plane and size."""
+    out = []
+    for r in section["cases"]:
+        s = r.get("samples", {})
+        if r["mode"] == "round trip":
+            out.append(measure(f"vmbus/echo/{r['plane']}/{r['size']}/round_trips_per_s",
+                               r["round_trips_per_s"], "RT/s", "higher",
+                               s.get("round_trips_per_s"), group=f"echo {r['size']} B",
+                               label=f"{r['plane']} plane"))
+            out.append(measure(f"vmbus/echo/{r['plane']}/{r['size']}/mean_rtt_us",
+                               r["mean_rtt_us"], "us (mean RTT)", "lower", s.get("mean_rtt_us"),
+                               group=f"echo {r['size']} B", label=f"{r['plane']} plane"))
+        else:
+            out.append(measure(f"vmbus/oneway/{r['plane']}/{r['size']}/mb_per_s", r["mb_per_s"],
+                               "MB/s", "higher", s.get("mb_per_s"),
+                               group=f"one-way {r['size']} B", label=f"{r['plane']} plane"))
+    return out

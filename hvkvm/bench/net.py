@@ -1,0 +1,595 @@
+"""``hvkvm bench net``: UDP echo latency and one-way packet rate over every network path.
+
+Traffic only ever flows inside a network namespace this suite creates (``hvkvm-b<pid>``, deleted
+at the end): the TAP lives there with the host address, and the clients run there through
+``ip netns exec``. Nothing touches the root namespace.
+
+**Paths** are rows of :data:`PATHS` (as in :mod:`hvkvm.bench.storage`): VMBus netvsc with the C
+and the Python data plane, and QEMU's virtio-net on a TAP as the peer, which needs a guest
+virtio-net driver (``net_echo dev=virtio``) and reports "unavailable" until one exists.
+
+- **echo**: the ``net_echo`` guest (ring 3 polling, and ring 0 with interrupts) echoes UDP on
+  port 7; a Python client in the namespace sends ``count`` datagrams one at a time (64 and 1472
+  bytes) and times each round trip (``perf_counter_ns``): p50, p99, mean, round trips/s. The
+  client's own socket path is part of every number (it is the same for every path).
+- **one-way**: the ``net_bench`` guest (ring 3) sends 64- or 1472-byte datagrams as fast as it
+  can for ``seconds`` to a sink in the namespace: the guest's pps and Mbit/s (UDP payload), and
+  the share the sink received.
+
+Per packet, in each timed window: userspace exits (hvkvm's counters), KVM exits and interrupt
+injections (stats fd), the interrupts hvkvm raised and the guest's kicks (the VSP's counters),
+and this process's CPU time (the client's is not counted).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .common import cpu_delta, cpu_times, measure, progress, summarize, table
+
+GUEST_IP = "10.83.0.2"
+HOST_IP = "10.83.0.1"
+TAP = "hvb0"
+GUEST_MAC = bytes.fromhex("00155d83a0b2")
+SIZES = (64, 1472)
+SINK_PORT = 9000
+
+
+@dataclass
+class Built:
+    vsps: list = field(default_factory=list)
+    counters: Callable | None = None       # (partition) -> {"interrupts", "kicks"}
+
+
+@dataclass(frozen=True)
+class NetPath:
+    """One network path: a row of the suite."""
+
+    name: str
+    title: str
+    runner: str = "hvkvm"
+    build: Callable | None = None          # (TapDevice) -> Built
+    keys: dict = field(default_factory=dict)
+    module: str | None = None
+    guest_key: str | None = None
+
+    def unavailable(self) -> str | None:
+        """Why this path cannot run here (None: it can)."""
+        if self.module and importlib.util.find_spec(self.module) is None:
+            return f"{self.module.replace('.', '/')}.py is not in the tree yet"
+        if self.guest_key and not guest_knows("net_echo", self.guest_key):
+            return (f"needs a guest {self.guest_key}-net driver (net_echo/net_bench "
+                    f"dev={self.guest_key})")
+        if self.runner == "qemu":
+            from . import qemu
+            return qemu.unavailable()
+        return None if self.build else "no build function in hvkvm/bench/net.py PATHS"
+
+
+def guest_knows(image: str, value: str) -> bool:
+    """Whether an image's sources handle ``dev=value``."""
+    from ..images import guest_images_dir
+    src = guest_images_dir() / "images" / image
+    try:
+        text = "".join(p.read_text(errors="replace") for p in sorted(src.glob("*.[ch]")))
+    except OSError:
+        return False
+    return '"dev"' in text and f'"{value}"' in text
+
+
+def _netvsc(plane: str):
+    def build(tap) -> Built:
+        from ..vsp.netvsc import NetvscVsp
+        vsp = NetvscVsp(tap, plane=plane, mac=GUEST_MAC)
+
+        def counters(p) -> dict:
+            t = vsp.totals()
+            return {"interrupts": t["signals"] + (p.hv.stats.get("sint_interrupts", 0)
+                                                  if p.hv else 0),
+                    "kicks": t["kicks"]}
+        return Built(vsps=[vsp], counters=counters)
+    return build
+
+
+PATHS: list[NetPath] = [
+    NetPath("netvsc-py", "VMBus netvsc, Python data plane", build=_netvsc("python")),
+    NetPath("netvsc-c", "VMBus netvsc, C data plane", build=_netvsc("c")),
+    NetPath("qemu-virtio-net", "QEMU virtio-net (virtio-mmio) on a TAP, microvm + KVM",
+            runner="qemu", keys={"dev": "virtio"}, guest_key="virtio"),
+]
+
+ECHO_CLIENT = r"""
+import json, socket, sys, time
+dst, sizes, count, warm = sys.argv[1], [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((dst, 7))
+s.settimeout(float(sys.argv[5]) if len(sys.argv) > 5 else 2.0)
+seq = 0
+def echo(payload):
+    global seq
+    seq += 1
+    tag = seq.to_bytes(8, "little")
+    data = tag + payload[8:]
+    t = time.perf_counter_ns()
+    s.send(data)
+    while True:
+        try:
+            got = s.recv(4096)
+        except socket.timeout:
+            return None
+        if got[:8] == tag:
+            return (time.perf_counter_ns() - t) if got == data else -1
+s.settimeout(0.2)
+up = time.monotonic() + 60
+while echo(bytes(64)) is None:
+    if time.monotonic() > up:
+        print(json.dumps({"error": "no echo within 60 s"}), flush=True); sys.exit(1)
+s.settimeout(2.0)
+for size in sizes:
+    payload = bytes((i * 7 + 1) & 255 for i in range(size)) if size >= 8 else bytes(8)
+    for _ in range(warm):
+        echo(payload)
+    print(json.dumps({"ready": size}), flush=True)
+    sys.stdin.readline()
+    rtts, lost, bad = [], 0, 0
+    t0 = time.perf_counter()
+    for _ in range(count):
+        r = echo(payload)
+        if r is None:
+            lost += 1
+        elif r < 0:
+            bad += 1
+        else:
+            rtts.append(r)
+    el = time.perf_counter() - t0
+    rtts.sort()
+    n = len(rtts)
+    pct = lambda q: rtts[min(n - 1, int(q * n))] / 1000 if n else None
+    print(json.dumps({"size": size, "n": n, "lost": lost, "bad": bad, "seconds": el,
+                      "p50_us": pct(0.50), "p99_us": pct(0.99), "min_us": pct(0.0),
+                      "mean_us": sum(rtts) / n / 1000 if n else None}), flush=True)
+    sys.stdin.readline()
+"""
+
+SINK = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(120)
+print("ready", flush=True)
+n = b = 0
+try:
+    while True:
+        d = s.recv(4096)
+        s.settimeout(2)
+        n += 1
+        b += len(d)
+except socket.timeout:
+    pass
+print(json.dumps({"n": n, "bytes": b}))
+"""
+
+STOP = r"""
+import socket, sys
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"STOP", (sys.argv[1], 9))
+"""
+
+
+# -- namespace ----------------------------------------------------------------------------------
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+class Namespace:
+    """A network namespace of this suite (IPv6 off, lo up); deleted by :meth:`close`."""
+
+    def __init__(self):
+        if shutil.which("ip") is None:
+            raise RuntimeError("iproute2 (ip) is not installed")
+        self.name = f"hvkvm-b{os.getpid()}"
+        r = _ip("netns", "add", self.name, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"cannot create a network namespace: {r.stderr.strip()}")
+        from ..vsp import netvsc as nv
+
+        def quiet():
+            for key in ("all", "default"):
+                with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
+                    f.write("1")
+        try:
+            nv._in_netns(self.name, quiet)
+        except OSError:
+            pass
+        _ip("-n", self.name, "link", "set", "lo", "up")
+
+    def popen(self, script: str, *args: str, stdin=None) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", script,
+                                 *args], stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def python(self, script: str, *args: str, timeout: float = 60):
+        return subprocess.run(["ip", "netns", "exec", self.name, sys.executable, "-c", script,
+                               *args], capture_output=True, text=True, timeout=timeout)
+
+    def close(self) -> None:
+        _ip("netns", "del", self.name, check=False)
+
+
+def unavailable() -> str | None:
+    """Why the suite cannot run at all here (None: it can)."""
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces and TAP devices)"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun"
+    return None
+
+
+# -- counters -----------------------------------------------------------------------------------
+
+class _Window:
+    """Counter snapshots of a running partition, from any thread."""
+
+    def __init__(self, p, built: Built, stats):
+        self.p, self.built, self.stats = p, built, stats
+
+    def snap(self) -> dict:
+        user, tids = 0, []
+        for t in list(getattr(self.p, "_threads", None) or []):
+            user += sum(r0 + r3 for name, (r0, r3) in list(t.exits.items()) if name != "intr")
+            if t.thread is not None and t.thread.native_id is not None:
+                tids.append(t.thread.native_id)
+        out = {"t": time.perf_counter(), "cpu": cpu_times(vcpu_tids=tids), "user": user,
+               "kvm": self.stats.read() if self.stats else None}
+        if self.built.counters:
+            out.update(self.built.counters(self.p))
+        return out
+
+    @staticmethod
+    def per_packet(a: dict, b: dict, packets: int, sync_exits: int = 0) -> dict:
+        from .kvmstats import delta
+        n = max(1, packets)
+        kvm = delta(a["kvm"], b["kvm"])
+        cpu = cpu_delta(a["cpu"], b["cpu"])
+        return {"user_exits_per_packet": max(0, b["user"] - a["user"] - sync_exits) / n,
+                "kvm_exits_per_packet": kvm["exits"] / n if "exits" in kvm else None,
+                "irq_injections_per_packet": (kvm["irq_injections"] / n
+                                              if "irq_injections" in kvm else None),
+                "interrupts_per_packet": ((b["interrupts"] - a["interrupts"]) / n
+                                          if "interrupts" in a else None),
+                "kicks_per_packet": (b["kicks"] - a["kicks"]) / n if "kicks" in a else None,
+                "host_cpu_us_per_packet": cpu["host"] / n * 1e6}
+
+
+def _partition(ns: Namespace, path: NetPath, image: str, cmdline: str, on_sync):
+    from ..images import image_path
+    from ..partition.config import PartitionConfig
+    from ..partition.partition import ChildPartition
+    from ..vsp.netvsc import TapDevice
+    from .kvmstats import KvmStats
+    tap = TapDevice(TAP, netns=ns.name)
+    try:
+        _ip("-n", ns.name, "addr", "add", f"{HOST_IP}/24", "dev", TAP)
+        built = path.build(tap)
+        cfg = PartitionConfig(image=image_path(image), cmdline=cmdline, hyperv=True,
+                              vsps=built.vsps, timeout=600, on_sync=on_sync)
+        p = ChildPartition(cfg)
+    except BaseException:
+        tap.close()
+        raise
+    return p, tap, built, KvmStats.for_vcpu(p.vcpus[0])
+
+
+# -- echo ---------------------------------------------------------------------------------------
+
+def run_echo(ns: Namespace, path: NetPath, ring: int, count: int, warm: int) -> list[dict]:
+    """One net_echo partition; the client runs every size. Returns a row per size."""
+    if path.runner == "qemu":
+        return _run_echo_qemu(ns, path, ring, count, warm)
+    state: dict = {"rows": [], "error": None}
+    started = threading.Event()
+
+    def traffic():
+        try:
+            started.wait(120)
+            win = state["win"]
+            cl = ns.popen(ECHO_CLIENT, GUEST_IP, ",".join(map(str, SIZES)), str(count), str(warm),
+                          stdin=subprocess.PIPE)
+            try:
+                for _ in SIZES:
+                    line = json.loads(cl.stdout.readline() or "{}")
+                    if "ready" not in line:
+                        raise RuntimeError(f"echo client: {line} {cl.stderr.read()[-300:]}")
+                    a = win.snap()
+                    cl.stdin.write("\n")
+                    cl.stdin.flush()
+                    res = json.loads(cl.stdout.readline() or "{}")
+                    b = win.snap()
+                    cl.stdin.write("\n")
+                    cl.stdin.flush()
+                    if "size" not in res:
+                        raise RuntimeError(f"echo client: {res}")
+                    row = {"size": res["size"], "echoes": res["n"], "lost": res["lost"],
+                           "bad": res["bad"], "seconds": res["seconds"],
+                           "p50_us": res["p50_us"], "p99_us": res["p99_us"],
+                           "mean_us": res["mean_us"], "min_us": res["min_us"],
+                           "round_trips_per_s": res["n"] / res["seconds"] if res["seconds"]
+                           else None}
+                    # a round trip is two packets (in and out); counts are per round trip
+                    row.update({k.replace("_per_packet", "_per_echo"): v for k, v in
+                                _Window.per_packet(a, b, res["n"]).items()})
+                    state["rows"].append(row)
+                cl.wait(30)
+            finally:
+                if cl.poll() is None:
+                    cl.kill()
+        except BaseException as e:  # noqa: BLE001 - reported after the run
+            state["error"] = e
+        finally:
+            ns.python(STOP, GUEST_IP, timeout=30)
+
+    def on_sync(vp, uc):
+        if uc.args[0] == 1:
+            started.set()
+
+    p, tap, built, stats = _partition(ns, path, "net_echo",
+                                      f"net_echo ip={GUEST_IP}/24 ring={ring} "
+                                      + " ".join(f"{k}={v}" for k, v in path.keys.items()),
+                                      on_sync)
+    state["win"] = _Window(p, built, stats)
+    th = threading.Thread(target=traffic, name="bench-net-echo", daemon=True)
+    th.start()
+    try:
+        result = p.run()
+    finally:
+        started.set()
+        th.join(120)
+        if stats:
+            stats.close()
+        p.close()
+        tap.close()
+    if state["error"] is not None:
+        raise RuntimeError(f"echo {path.name} ring {ring}: {state['error']}")
+    if not result.passed:
+        raise RuntimeError(f"echo {path.name} ring {ring}: {result.status}: {result.reason}")
+    return state["rows"]
+
+
+def _run_echo_qemu(ns: Namespace, path: NetPath, ring: int, count: int, warm: int):
+    """The peer: QEMU's virtio-net on a TAP made in the namespace, the same client."""
+    from ..images import image_path
+    from . import qemu
+    tapq = "hvq0"
+    _ip("-n", ns.name, "tuntap", "add", "dev", tapq, "mode", "tap")
+    _ip("-n", ns.name, "addr", "add", f"{HOST_IP}/24", "dev", tapq)
+    _ip("-n", ns.name, "link", "set", tapq, "up")
+    cmd = ["ip", "netns", "exec", ns.name, *qemu.command(
+        str(image_path("net_echo")), f"net_echo ip={GUEST_IP}/24 ring={ring} "
+        + " ".join(f"{k}={v}" for k, v in path.keys.items()), qemu.net_args(tapq))]
+    q = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    rows = []
+    try:
+        r = ns.python(ECHO_CLIENT.replace("sys.stdin.readline()", "None"), GUEST_IP,
+                      ",".join(map(str, SIZES)), str(count), str(warm), timeout=600)
+        for ln in r.stdout.splitlines():
+            res = json.loads(ln)
+            if "size" in res:
+                rows.append({"size": res["size"], "echoes": res["n"], "lost": res["lost"],
+                             "bad": res["bad"], "seconds": res["seconds"],
+                             "p50_us": res["p50_us"], "p99_us": res["p99_us"],
+                             "mean_us": res["mean_us"], "min_us": res["min_us"],
+                             "round_trips_per_s": res["n"] / res["seconds"]})
+        ns.python(STOP, GUEST_IP, timeout=30)
+        q.wait(60)
+    finally:
+        if q.poll() is None:
+            q.kill()
+            q.wait()
+        _ip("-n", ns.name, "link", "del", tapq, check=False)
+    if len(rows) != len(SIZES):
+        raise RuntimeError(f"QEMU echo: {r.stdout[-300:]} {r.stderr[-300:]}")
+    return rows
+
+
+# -- one-way ------------------------------------------------------------------------------------
+
+def run_oneway(ns: Namespace, path: NetPath, size: int, seconds: int) -> dict:
+    """One net_bench partition sending ``size``-byte datagrams for ``seconds``."""
+    marks: dict = {}
+    holder: dict = {}
+
+    def on_sync(vp, uc):
+        if uc.args[0] in (10, 11):
+            marks[uc.args[0]] = holder["win"].snap()
+
+    sink = ns.popen(SINK, "0.0.0.0", str(SINK_PORT))
+    try:
+        if sink.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"sink: {sink.stderr.read()[-300:]}")
+        p, tap, built, stats = _partition(
+            ns, path, "net_bench", f"net_bench ip={GUEST_IP}/24 peer={HOST_IP} "
+            f"port={SINK_PORT} size={size} seconds={seconds} "
+            + " ".join(f"{k}={v}" for k, v in path.keys.items()), on_sync)
+        holder["win"] = _Window(p, built, stats)
+        try:
+            result = p.run()
+        finally:
+            if stats:
+                stats.close()
+            p.close()
+            tap.close()
+        got = json.loads(sink.communicate(timeout=60)[0].strip().splitlines()[-1])
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    if not result.passed or not {10, 11} <= marks.keys():
+        raise RuntimeError(f"one-way {path.name} {size}: {result.status}: {result.reason}")
+    lines = [ln for ln in result.logs if ln.startswith('{"bench": "net_tx"')]
+    g = json.loads(lines[-1])
+    row = {"size": size, "packets": g["packets"], "seconds": g["elapsed_us"] / 1e6,
+           "pps": g["pps"], "mbit_per_s": g["mbps"], "frame_mbit_per_s": g.get("frame_mbps"),
+           "received": got["n"], "delivered": round(got["n"] / g["packets"], 4)
+           if g["packets"] else None, "no_section": g.get("no_section"),
+           "ring_full": g.get("ring_full"), "guest": g}
+    row.update(_Window.per_packet(marks[10], marks[11], g["packets"], sync_exits=1))
+    return row
+
+
+# -- the suite ----------------------------------------------------------------------------------
+
+ECHO_FIELDS = ("round_trips_per_s", "p50_us", "p99_us", "mean_us", "user_exits_per_echo",
+               "kvm_exits_per_echo", "interrupts_per_echo", "irq_injections_per_echo",
+               "kicks_per_echo", "host_cpu_us_per_echo")
+ONEWAY_FIELDS = ("pps", "mbit_per_s", "delivered", "user_exits_per_packet",
+                 "kvm_exits_per_packet", "interrupts_per_packet", "irq_injections_per_packet",
+                 "kicks_per_packet", "host_cpu_us_per_packet")
+
+
+def _merge(rows: list[dict], fields) -> dict:
+    """Medians over repetitions; every repetition's value in ``samples``."""
+    out = dict(rows[0])
+    out["samples"] = {}
+    for k in fields:
+        vals = [r.get(k) for r in rows]
+        if any(v is None for v in vals):
+            out[k] = None
+            continue
+        s = summarize([float(v) for v in vals])
+        out[k] = round(s["median"], 4)
+        out["samples"][k] = [round(float(v), 4) for v in vals]
+    s = summarize([float(r[fields[0]]) for r in rows if r.get(fields[0]) is not None])
+    out["spread"] = s["spread"] if s["n"] > 1 else None
+    out["runs"] = len(rows)
+    return out
+
+
+def run(quick: bool = False, repeat: int | None = None) -> dict:
+    """Echo and one-way over every available path."""
+    from . import qemu
+    repeat = repeat or 1
+    paths = []
+    for p in PATHS:
+        why = p.unavailable()
+        paths.append({"name": p.name, "title": p.title, "runner": p.runner, "keys": p.keys,
+                      "available": why is None,
+                      "reason": None if why is None else f"unavailable: {why}"})
+    section = {"paths": paths, "sizes": list(SIZES), "echo": [], "oneway": [],
+               "qemu": qemu.describe(), "client": "python3 UDP socket in the namespace, one "
+                                                  "datagram in flight"}
+    why = unavailable()
+    if why:
+        section["unavailable"] = why
+        return section
+    ns = Namespace()
+    try:
+        for p in PATHS:
+            if p.unavailable():
+                continue
+            for ring in (3, 0):
+                # ring 0 and the Python plane are slow here: fewer round trips
+                count = (100 if quick else 2000) if ring == 3 else (30 if quick else 300)
+                if p.name.endswith("-py"):
+                    count = max(30, count // 4)
+                with progress.step(f"net: echo {p.name} ring {ring}, {count} x "
+                                   f"{'/'.join(map(str, SIZES))} bytes x {repeat}"):
+                    try:
+                        reps = [run_echo(ns, p, ring, count, 10 if quick else 100)
+                                for _ in range(repeat)]
+                        for i, size in enumerate(SIZES):
+                            row = _merge([r[i] for r in reps], ECHO_FIELDS)
+                            row.update(path=p.name, ring=ring, status="ok")
+                            section["echo"].append(row)
+                    except Exception as e:  # noqa: BLE001 - the row says what failed
+                        section["echo"].append({"path": p.name, "ring": ring, "size": None,
+                                                "status": "failed", "reason": str(e)[:500]})
+            if p.runner == "qemu":
+                continue
+            for size in SIZES:
+                secs = 1 if quick else 3
+                with progress.step(f"net: one-way {p.name} {size} bytes, {secs} s x {repeat}"):
+                    try:
+                        row = _merge([run_oneway(ns, p, size, secs) for _ in range(repeat)],
+                                     ONEWAY_FIELDS)
+                        row.update(path=p.name, ring=3, status="ok")
+                        section["oneway"].append(row)
+                    except Exception as e:  # noqa: BLE001
+                        section["oneway"].append({"path": p.name, "ring": 3, "size": size,
+                                                  "status": "failed", "reason": str(e)[:500]})
+    finally:
+        ns.close()
+    return section
+
+
+def format_report(section: dict) -> str:
+    """Paths, the echo table, the one-way table."""
+    lines = ["network paths:"]
+    for p in section["paths"]:
+        lines.append(f"  {p['name']:16} {p['title']}" + ("" if p["available"]
+                                                         else f"  -- {p['reason']}"))
+    if section.get("unavailable"):
+        lines.append(f"net suite skipped: {section['unavailable']}")
+        return "\n".join(lines)
+    lines.append(f"echo client: {section['client']}")
+    lines += ["", "UDP echo (round trips):", table(
+        [r for r in section["echo"] if r["status"] == "ok"],
+        [("path", "path", "s"), ("ring", "ring", "d"), ("size", "bytes", "d"),
+         ("round_trips_per_s", "RT/s", ",.0f"), ("p50_us", "p50 us", ".1f"),
+         ("p99_us", "p99 us", ".1f"), ("user_exits_per_echo", "exits/RT", ".3f"),
+         ("kvm_exits_per_echo", "KVM exits/RT", ".2f"),
+         ("interrupts_per_echo", "irqs/RT", ".3f"), ("kicks_per_echo", "kicks/RT", ".3f"),
+         ("host_cpu_us_per_echo", "host CPU us/RT", ".1f")])]
+    lines += ["", "one-way, guest to namespace (ring 3):", table(
+        [r for r in section["oneway"] if r["status"] == "ok"],
+        [("path", "path", "s"), ("size", "bytes", "d"), ("pps", "pps", ",.0f"),
+         ("mbit_per_s", "Mbit/s", ".1f"), ("delivered", "delivered", ".1%"),
+         ("user_exits_per_packet", "exits/pkt", ".4f"),
+         ("kvm_exits_per_packet", "KVM exits/pkt", ".3f"),
+         ("interrupts_per_packet", "irqs/pkt", ".4f"), ("kicks_per_packet", "kicks/pkt", ".4f"),
+         ("host_cpu_us_per_packet", "host CPU us/pkt", ".2f")])]
+    for r in section["echo"] + section["oneway"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['path']} ring {r['ring']} size {r['size']}: {r['status']}: "
+                         f"{r['reason']}")
+    return "\n".join(lines)
+
+
+def measures(section: dict) -> list[dict]:
+    """Echo rate and latency, one-way pps and Mbit/s."""
+    out = []
+    for r in section.get("echo", []):
+        if r["status"] != "ok":
+            continue
+        base = f"net/echo/{r['path']}/r{r['ring']}/{r['size']}"
+        grp = f"echo {r['size']} B r{r['ring']}"
+        s = r.get("samples", {})
+        out.append(measure(base + "/round_trips_per_s", r["round_trips_per_s"], "RT/s",
+                           "higher", s.get("round_trips_per_s"), group=grp, label=r["path"]))
+        out.append(measure(base + "/p50_us", r["p50_us"], "us (p50)", "lower", s.get("p50_us"),
+                           group=grp, label=r["path"]))
+        out.append(measure(base + "/p99_us", r["p99_us"], "us (p99)", "lower", s.get("p99_us"),
+                           group=grp, label=r["path"]))
+    for r in section.get("oneway", []):
+        if r["status"] != "ok":
+            continue
+        base = f"net/oneway/{r['path']}/{r['size']}"
+        grp = f"one-way {r['size']} B"
+        s = r.get("samples", {})
+        out.append(measure(base + "/pps", r["pps"], "pps", "higher", s.get("pps"), group=grp,
+                           label=r["path"]))
+        out.append(measure(base + "/mbit_per_s", r["mbit_per_s"], "Mbit/s", "higher",
+                           s.get("mbit_per_s"), group=grp, label=r["path"]))
+    return out
