@@ -143,7 +143,7 @@ WORKLOADS = [
 ]
 #: --quick: these workloads, ring 0 only the first (ring-0 set-up of 1 MiB buffers is emulated
 #: instruction by instruction on kvm_pvm: seconds per run).
-QUICK_WORKLOADS = ("randread-4k-qd32", "write-1m-qd4")
+QUICK_WORKLOADS = ("randread-4k-qd32", "randwrite-4k-qd1", "read-1m-qd4")
 
 
 @dataclass(frozen=True)
