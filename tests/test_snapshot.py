@@ -307,3 +307,25 @@ def test_without_a_working_kvm_set_xsave_fpu_state_goes_through_kvm_set_fpu(make
     p.vcpus[0].set_fpu(fpu)
     p.restore(snap)
     assert bytes(p.vcpus[0].get_fpu()) == snap.vcpus[0].fpu
+
+
+@pytest.mark.kvm
+def test_bench_boot_pieces_measure_restores_and_the_first_instruction():
+    from hvkvm.bench import boot
+    p = boot._partition()
+    try:
+        assert p.run().syncs == [(0, (0, 0, 0, 0, 0, 0))]
+        snap = p.snapshot()
+        row = boot.restore_case(p, snap, 0.01, repeats=1)
+    finally:
+        p.close()
+    assert row["pages_dirtied"] == 164 and row["pages_copied"] >= 164
+    assert row["restore_ms"] > 0
+    first = boot.first_instruction(None)
+    assert 0 < first["create_ms"] < first["total_ms"]
+    text = boot.format_report({"memory_mib": 64, "restore": [row], "snapshot_ms": 1.0,
+                               "later_snapshot_ms": 1.0,
+                               "first_instruction": [{"guest": "raw", **first}],
+                               "process": {"run_hello_ms": 1.0, "python_and_imports_ms": 1.0},
+                               "goal_restore_1pct_under_1ms": True})
+    assert "restore ms" in text and "first guest instruction" in text
