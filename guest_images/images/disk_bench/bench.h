@@ -1,10 +1,11 @@
 /*
- * bench.h - shared between disk_bench's kernel part (main.c) and its I/O loop (u_bench.c).
+ * bench.h - shared between disk_bench's kernel part (main.c) and its I/O loop (u_bench.c). The
+ * loop drives any block device of include/blkdev.h (dev=storvsc|virtio|ata|mmio).
  */
 #ifndef DISK_BENCH_H
 #define DISK_BENCH_H
 
-#include "storvsc.h"
+#include "blkdev.h"
 
 enum bench_mode { MODE_READ = 1, MODE_WRITE = 2, MODE_RANDREAD = 3, MODE_RANDWRITE = 4 };
 
@@ -14,7 +15,7 @@ enum bench_mode { MODE_READ = 1, MODE_WRITE = 2, MODE_RANDREAD = 3, MODE_RANDWRI
 #define HIST_BUCKETS 1024
 
 struct bench_run {
-	struct storvsc_dev *d;
+	struct blkdev *d;
 	uint32_t mode;          /* enum bench_mode */
 	uint32_t bs;            /* bytes per I/O (a multiple of the block size) */
 	uint32_t qd;            /* requests in flight */
@@ -34,7 +35,7 @@ struct bench_run {
 
 	/* results of the timed loop */
 	uint64_t ios, bytes, cycles, lat_sum_ns, lat_min_ns, lat_max_ns;
-	uint64_t kicks, waits, polls, full;
+	uint64_t kicks, waits, polls, full, interrupts, kicks_suppressed;
 	uint64_t prefill_ios, verified_ios, verified_bytes;
 	uint64_t hist[HIST_BUCKETS];
 };
@@ -48,7 +49,7 @@ static inline uint64_t bench_mix(uint64_t x)
 	return x ^ (x >> 31);
 }
 
-extern struct storvsc_dev bench_dev;
+extern struct blkdev bench_dev;
 extern struct bench_run bench_user_run;
 
 /* Prefill (read modes with verify), SYNC 10, the timed loop, SYNC 11, read-back (write modes

@@ -1,14 +1,19 @@
 /*
- * disk_bench - the storvsc VSC's benchmark: one mode, one block size, one queue depth.
+ * disk_bench - a block device benchmark: one mode, one block size, one queue depth, over any of
+ * the guest's disk drivers (include/blkdev.h).
  *
- * Command line: mode=read|write|randread|randwrite (randread) bs=BYTES (4096, a multiple of
- *   512 up to the host's max_transfer_bytes) qd=N|max (1; max = the deepest queue the rings
- *   hold for bs) seconds=S (5) or count=N (I/Os; wins over seconds) verify=0|1 (0) ring=3|0 (3:
- *   the loop is a ring-3 task polling the rings; 0: in the kernel, interrupt-driven, or polling
- *   with poll=1) ring_pages=N (32 data pages per ring) span=BYTES (the whole disk: the region
- *   the I/Os go to) seed=N (1: the random offsets) buf_offset=N (0: each buffer starts this
- *   many bytes into a page, so transfers cross page boundaries) disk=N (0: the n-th storvsc
- *   controller) stall_s=N (20: polling gives up after that long without a completion)
+ * Command line: dev=storvsc|virtio|ata|mmio (storvsc: the VMBus SCSI disk; virtio: virtio-blk on
+ *   virtio-mmio, found through virtio_mmio.device= (queue_size=N event_idx=0|1); ata: the ATA PIO
+ *   disk at 0x1f0 (pio=16|32); mmio: hvkvm's doorbell MMIO disk at 0xd0200000)
+ *   mode=read|write|randread|randwrite (randread) bs=BYTES (4096, a multiple of 512 up to the
+ *   device's max transfer) qd=N|max (1; max = the deepest queue the device holds for bs:
+ *   storvsc's rings, virtio's queue / 3, ata 1, mmio 64) seconds=S (5) or count=N (I/Os; wins
+ *   over seconds) verify=0|1 (0) ring=3|0 (3: the loop is a ring-3 task polling the device; 0:
+ *   in the kernel, interrupt-driven, or polling with poll=1) ring_pages=N (storvsc: 32 data
+ *   pages per ring) span=BYTES (the whole disk: the region the I/Os go to) seed=N (1: the
+ *   random offsets) buf_offset=N (0: each buffer starts this many bytes into a page, so
+ *   transfers cross page boundaries) disk=N (0: the n-th device of the kind) stall_s=N (20:
+ *   polling gives up after that long without a completion)
  *
  * verify=1: reads check every byte against a pattern of (run seed, LBA) that an untimed prefill
  * wrote; writes carry the pattern and, after the timed loop, every unit written is read back and
@@ -16,18 +21,23 @@
  * write protected), SYNC 10 right before the timed loop (mode 1..4, bs, qd, count, seconds),
  * SYNC 11 right after it (I/Os, bytes, microseconds, host kicks, interrupt waits), SYNC 12 after
  * the verification (I/Os verified, bytes verified, prefill I/Os, unexpected and unsolicited
- * completions). Then one JSON line on the serial port and DONE(0).
+ * completions). Then one JSON line on the serial port (with "dev", "protocol" and, besides
+ * storvsc's fields, "kicks_suppressed" and "interrupts") and DONE(0). SYNC 1's protocol value is
+ * the storvsc version, the virtio-mmio Version, the ATA data width in bits or the mmioblk
+ * VERSION.
  */
 #include "bench.h"
 
 int hv_main(void)
 {
 	struct bench_run *b = &bench_user_run;
-	struct storvsc_dev *d = &bench_dev;
-	char mode[16] = "randread";
-	uint64_t ring_pages = hv_arg_u64("ring_pages", 32);
-	uint64_t span, qd, stall_s = hv_arg_u64("stall_s", 20);
+	struct blkdev *d = &bench_dev;
+	static const char *const devs[] = { "storvsc", "virtio", "ata", "mmio" };
+	char mode[16] = "randread", dev[16] = "storvsc";
+	struct blk_options o;
+	uint64_t span, qd;
 	uint32_t qd_max;
+	bool dev_ok = false;
 	int rc;
 
 	memset(b, 0, sizeof(*b));
@@ -52,25 +62,32 @@ int hv_main(void)
 	HV_ASSERT(b->ring == 0 || b->ring == 3, "disk_bench: ring must be 0 or 3");
 	HV_ASSERT(b->buf_offset < HVR_PAGE_SIZE, "disk_bench: buf_offset must be 0..4095");
 	HV_ASSERT(b->count || b->seconds, "disk_bench: count or seconds must be > 0");
+	hv_arg("dev", dev, sizeof(dev));
+	for (unsigned i = 0; i < HV_ARRAY_SIZE(devs); i++)
+		dev_ok |= !strcmp(dev, devs[i]);
+	HV_ASSERT(dev_ok, "disk_bench: dev must be storvsc, virtio, ata or mmio, not '%s'", dev);
 
-	rc = storvsc_open(d, (unsigned)hv_arg_u64("disk", 0), (uint32_t)ring_pages);
-	HV_ASSERT(rc == 0, "disk_bench: storvsc_open: %d (%s; VMBus %u.%u, protocol %u.%u)", rc,
-		  storvsc_strerror(rc), vmbus_conn.version >> 16, vmbus_conn.version & 0xffff,
-		  d->version >> 8, d->version & 0xff);
-	d->poll = hv_arg_u64("poll", 0) != 0;
-	d->stall_cycles = d->tsc_hz * stall_s;
+	blk_options_from_cmdline(&o);
+	rc = blk_open(d, dev, &o);
+	if (!strcmp(dev, "storvsc"))
+		HV_ASSERT(rc == 0, "disk_bench: storvsc_open: %d (%s; VMBus %u.%u, protocol %u.%u)",
+			  rc, storvsc_strerror(rc), vmbus_conn.version >> 16,
+			  vmbus_conn.version & 0xffff, d->u.storvsc->version >> 8,
+			  d->u.storvsc->version & 0xff);
+	HV_ASSERT(rc == 0, "disk_bench: opening %s disk %u: %d (%s)", dev, o.index, rc,
+		  blk_strerror(d, rc));
 	b->d = d;
 	b->tsc_hz = d->tsc_hz;
-	HV_ASSERT(b->tsc_hz, "disk_bench: no TSC frequency (HV_X64_MSR_TSC_FREQUENCY)");
+	HV_ASSERT(b->tsc_hz, "disk_bench: no TSC frequency");
 	HV_ASSERT(b->bs && b->bs % d->block_size == 0 && b->bs <= d->max_transfer,
 		  "disk_bench: bs %u must be a multiple of %u up to %u (max transfer)", b->bs,
 		  d->block_size, d->max_transfer);
 	b->blocks_per_io = b->bs / d->block_size;
-	qd_max = storvsc_qd_max(d, b->bs);
+	qd_max = blk_qd_max(d, b->bs);
 	qd = hv_arg_is("qd", "max") ? qd_max : hv_arg_u64("qd", 1);
-	HV_ASSERT(qd >= 1 && qd <= qd_max, "disk_bench: qd %llu: the rings hold 1..%u requests of "
-		  "%u bytes (ring_pages %llu)", (unsigned long long)qd, qd_max, b->bs,
-		  (unsigned long long)ring_pages);
+	HV_ASSERT(qd >= 1 && qd <= qd_max, "disk_bench: qd %llu: the %s device holds 1..%u "
+		  "requests of %u bytes%s", (unsigned long long)qd, d->name, qd_max, b->bs,
+		  d->kind == BLK_STORVSC ? " (more ring_pages for more)" : "");
 	b->qd = (uint32_t)qd;
 	span = hv_arg_u64("span", d->blocks * d->block_size);
 	if (span > d->blocks * d->block_size)
@@ -78,7 +95,7 @@ int hv_main(void)
 	b->units = span / b->bs;
 	HV_ASSERT(b->units >= 1, "disk_bench: the span (%llu bytes) holds no %u-byte I/O",
 		  (unsigned long long)span, b->bs);
-	b->pattern_seed = bench_mix(hv_arg_u64("seed", 1) ^ storvsc_rdtsc());
+	b->pattern_seed = bench_mix(hv_arg_u64("seed", 1) ^ blk_rdtsc());
 
 	b->stride = (b->buf_offset + b->bs + HVR_PAGE_SIZE - 1) & ~(HVR_PAGE_SIZE - 1);
 	b->bufs = storvsc_dma_alloc((uint64_t)b->stride * b->qd);
@@ -90,12 +107,12 @@ int hv_main(void)
 		memset(b->written, 0, (b->units + 7) / 8);
 	}
 
-	hv_log("disk_bench: %s %s %s, %llu blocks of %u bytes, protocol %u.%u, max transfer %u, "
-	       "%s; %s bs=%u qd=%u (max %u) %s ring %u%s", d->vendor, d->product, d->revision,
-	       (unsigned long long)d->blocks, d->block_size, d->version >> 8, d->version & 0xff,
+	hv_log("disk_bench: %s %s %s, %llu blocks of %u bytes, protocol %s, max transfer %u, "
+	       "%s; %s bs=%u qd=%u (max %u) %s ring %u%s; dev %s", d->vendor, d->product,
+	       d->revision, (unsigned long long)d->blocks, d->block_size, d->proto,
 	       d->max_transfer, d->write_protected ? "write-protected" : "writable", mode, b->bs,
 	       b->qd, qd_max, b->verify ? "verify" : "no verify", b->ring,
-	       b->ring == 0 ? (d->poll ? " (polling)" : " (interrupts)") : " (polling)");
+	       b->ring == 0 ? (d->poll ? " (polling)" : " (interrupts)") : " (polling)", d->name);
 	hv_sync(1, d->version, d->blocks, d->max_transfer, qd_max, d->write_protected);
 
 	if (b->ring == 3)
@@ -107,8 +124,9 @@ int hv_main(void)
 	       "full; %llu completions unexpected, %llu unsolicited", (unsigned long long)b->ios,
 	       (unsigned long long)b->bytes, (unsigned long long)b->kicks,
 	       (unsigned long long)b->waits, (unsigned long long)b->full,
-	       (unsigned long long)d->unexpected, (unsigned long long)d->unsolicited);
-	rc = storvsc_close(d);
+	       (unsigned long long)blk_counters(d)->unexpected,
+	       (unsigned long long)blk_counters(d)->unsolicited);
+	rc = blk_close(d);
 	HV_ASSERT(rc == 0, "disk_bench: close: %d", rc);
 	return 0;
 }

@@ -1,16 +1,16 @@
 /*
- * u_bench.c - disk_bench's I/O loop. User-accessible so it runs as a ring-3 task (natively on
- * kvm_pvm) polling the storvsc rings; the same code runs in ring 0 with interrupt-driven
- * completions when the command line says ring=0.
+ * u_bench.c - disk_bench's I/O loop over any block device (include/blkdev.h). User-accessible so
+ * it runs as a ring-3 task (natively on kvm_pvm) polling the device; the same code runs in ring 0
+ * with interrupt-driven completions when the command line says ring=0.
  */
 #include "bench.h"
 
-struct storvsc_dev bench_dev;
+struct blkdev bench_dev;
 struct bench_run bench_user_run;
 
 #define REAP_MAX 64
-static struct storvsc_completion comps[REAP_MAX];
-static uint16_t free_bufs[STORVSC_MAX_QD];
+static struct blk_completion comps[REAP_MAX];
+static uint16_t free_bufs[BLK_MAX_QD];
 
 static const char *const mode_names[] = { "?", "read", "write", "randread", "randwrite" };
 
@@ -31,9 +31,9 @@ static void fill_sectors(const struct bench_run *b, uint8_t *buf, uint64_t lba, 
 {
 	for (uint32_t s = 0; s < sectors; s++) {
 		uint64_t w = bench_mix(b->pattern_seed ^ ((lba + s) * 0xd1b54a32d192ed03ULL));
-		uint64_t *p = (uint64_t *)(void *)(buf + (size_t)s * STORVSC_SECTOR);
+		uint64_t *p = (uint64_t *)(void *)(buf + (size_t)s * BLK_SECTOR);
 
-		for (uint32_t i = 0; i < STORVSC_SECTOR / 8; i++, w += 0x9e3779b97f4a7c15ULL)
+		for (uint32_t i = 0; i < BLK_SECTOR / 8; i++, w += 0x9e3779b97f4a7c15ULL)
 			__builtin_memcpy(&p[i], &w, 8); /* buffers may be unaligned (buf_offset) */
 	}
 }
@@ -43,9 +43,9 @@ static void check_sectors(const struct bench_run *b, const uint8_t *buf, uint64_
 {
 	for (uint32_t s = 0; s < sectors; s++) {
 		uint64_t w = bench_mix(b->pattern_seed ^ ((lba + s) * 0xd1b54a32d192ed03ULL));
-		const uint8_t *p = buf + (size_t)s * STORVSC_SECTOR;
+		const uint8_t *p = buf + (size_t)s * BLK_SECTOR;
 
-		for (uint32_t i = 0; i < STORVSC_SECTOR / 8; i++, w += 0x9e3779b97f4a7c15ULL) {
+		for (uint32_t i = 0; i < BLK_SECTOR / 8; i++, w += 0x9e3779b97f4a7c15ULL) {
 			uint64_t got;
 
 			__builtin_memcpy(&got, p + 8 * i, 8);
@@ -101,13 +101,13 @@ static uint64_t percentile(const struct bench_run *b, unsigned pct)
 	return b->lat_max_ns;
 }
 
-static void assert_ok(const struct storvsc_completion *c, const char *what)
+static void assert_ok(const struct blkdev *d, const struct blk_completion *c, const char *what)
 {
 	char text[200];
 
-	if (c->status == STORVSC_OK)
+	if (c->status == BLK_OK)
 		return;
-	storvsc_describe(c, text, sizeof(text));
+	blk_describe(d, c, text, sizeof(text));
 	HV_ASSERT(0, "disk_bench: %s: %s", what, text);
 }
 
@@ -121,7 +121,7 @@ static bool is_read(const struct bench_run *b)
  * timed, until the deadline passed), calling `done` for each completion.
  */
 struct pass {
-	enum storvsc_op op;
+	enum blk_op op;
 	bool timed;
 	bool random;
 	uint64_t n;            /* I/Os to complete (0 with timed: until the deadline) */
@@ -140,16 +140,16 @@ static uint64_t pick_unit(struct bench_run *b, struct pass *p)
 
 static void run_pass(struct bench_run *b, struct pass *p, bool read_back)
 {
-	struct storvsc_dev *d = b->d;
+	struct blkdev *d = b->d;
 	uint32_t nfree = b->qd;
-	uint32_t sectors = b->blocks_per_io * (d->block_size / STORVSC_SECTOR);
+	uint32_t sectors = b->blocks_per_io * (d->block_size / BLK_SECTOR);
 	int rc;
 
 	for (uint32_t i = 0; i < b->qd; i++)
 		free_bufs[i] = (uint16_t)i;
 	for (;;) {
 		bool stop = (p->n && p->issued >= p->n) ||
-			    (p->timed && storvsc_rdtsc() >= p->deadline);
+			    (p->timed && blk_rdtsc() >= p->deadline);
 
 		while (!stop && nfree) {
 			uint32_t idx = free_bufs[nfree - 1];
@@ -169,35 +169,35 @@ static void run_pass(struct bench_run *b, struct pass *p, bool read_back)
 			} else {
 				unit = pick_unit(b, p);
 			}
-			if (p->op == STORVSC_OP_WRITE && b->verify)
+			if (p->op == BLK_OP_WRITE && b->verify)
 				fill_sectors(b, buf, unit * b->blocks_per_io *
-					     (d->block_size / STORVSC_SECTOR), sectors);
-			rc = storvsc_submit(d, p->op, unit * b->blocks_per_io, b->blocks_per_io, buf, 0,
-					    (uint64_t)idx | unit << 16);
-			if (rc == STORVSC_EAGAIN) {
+					     (d->block_size / BLK_SECTOR), sectors);
+			rc = blk_submit(d, p->op, unit * b->blocks_per_io, b->blocks_per_io, buf,
+					(uint64_t)idx | unit << 16);
+			if (rc == BLK_EAGAIN) {
 				if (!p->random)
 					p->next_unit--; /* this unit again, after some completions */
 				break;
 			}
 			HV_ASSERT(rc >= 0, "disk_bench: %s: submit of unit %llu: %s", p->what,
-				  (unsigned long long)unit, storvsc_strerror(rc));
+				  (unsigned long long)unit, blk_strerror(d, rc));
 			nfree--;
 			p->issued++;
 			stop = p->n && p->issued >= p->n;
 		}
-		if (stop && !d->inflight)
+		if (stop && !blk_counters(d)->inflight)
 			break;
-		rc = storvsc_wait(d, comps, REAP_MAX);
+		rc = blk_wait(d, comps, REAP_MAX);
 		HV_ASSERT(rc >= 0, "disk_bench: %s: waiting for completions (%u in flight): %s",
-			  p->what, d->inflight, storvsc_strerror(rc));
+			  p->what, blk_counters(d)->inflight, blk_strerror(d, rc));
 		HV_ASSERT(rc > 0 || stop, "disk_bench: %s: nothing in flight and the send ring full",
 			  p->what);
 		for (int i = 0; i < rc; i++) {
-			const struct storvsc_completion *c = &comps[i];
+			const struct blk_completion *c = &comps[i];
 			uint32_t idx = (uint32_t)(c->cookie & 0xffff);
 			uint64_t unit = c->cookie >> 16;
 
-			assert_ok(c, p->what);
+			assert_ok(d, c, p->what);
 			if (p->timed) {
 				uint64_t ns = cycles_to_ns(b, c->t_complete - c->t_submit);
 
@@ -210,10 +210,10 @@ static void run_pass(struct bench_run *b, struct pass *p, bool read_back)
 					b->lat_max_ns = ns;
 				b->hist[hist_bucket(ns)]++;
 			}
-			if (c->op == STORVSC_OP_READ && b->verify)
-				check_sectors(b, c->buf, c->lba * (d->block_size / STORVSC_SECTOR),
+			if (c->op == BLK_OP_READ && b->verify)
+				check_sectors(b, c->buf, c->lba * (d->block_size / BLK_SECTOR),
 					      sectors, p->what);
-			if (c->op == STORVSC_OP_WRITE && b->written)
+			if (c->op == BLK_OP_WRITE && b->written)
 				b->written[unit / 8] |= (uint8_t)(1u << (unit % 8));
 			free_bufs[nfree++] = (uint16_t)idx;
 			p->completed++;
@@ -236,59 +236,66 @@ static void print_fixed6(char *out, size_t n, uint64_t micro)
 int bench_task(void *arg)
 {
 	struct bench_run *b = arg;
-	struct storvsc_dev *d = b->d;
-	uint64_t kicks0, waits0, polls0, full0, t0, ns;
+	struct blkdev *d = b->d;
+	const struct blk_counters *k = blk_counters(d);
+	uint64_t kicks0, waits0, polls0, full0, intr0, supp0, t0, ns;
 	char secs[32], mbs[32], mean[32], p50[32], p99[32], maxs[32];
 	struct pass p;
-	struct storvsc_completion c;
+	struct blk_completion c;
 	int rc;
 
 	if (is_read(b) && b->verify) {
 		/* Known contents first (not timed): every unit of the span, in order. */
 		memset(&p, 0, sizeof(p));
-		p.op = STORVSC_OP_WRITE;
+		p.op = BLK_OP_WRITE;
 		p.n = b->units;
 		p.what = "prefill";
 		run_pass(b, &p, false);
-		rc = storvsc_flush(d, &c);
-		HV_ASSERT(rc == 0, "disk_bench: prefill flush: %s", storvsc_strerror(rc));
+		rc = blk_flush(d, &c);
+		HV_ASSERT(rc == 0, "disk_bench: prefill flush: %s", blk_strerror(d, rc));
 		b->prefill_ios = p.completed;
 	} else if (!is_read(b) && !b->verify) {
 		/* Non-zero data in every buffer once (its contents do not matter). */
 		for (uint32_t i = 0; i < b->qd; i++)
 			fill_sectors(b, b->bufs + (size_t)i * b->stride + b->buf_offset, i,
-				     b->bs / STORVSC_SECTOR);
+				     b->bs / BLK_SECTOR);
 	}
 
 	memset(&p, 0, sizeof(p));
-	p.op = is_read(b) ? STORVSC_OP_READ : STORVSC_OP_WRITE;
+	p.op = is_read(b) ? BLK_OP_READ : BLK_OP_WRITE;
 	p.random = b->mode == MODE_RANDREAD || b->mode == MODE_RANDWRITE;
 	p.timed = true;
 	p.n = b->count;
 	p.what = mode_names[b->mode];
 	b->lat_min_ns = ~0ULL;
-	kicks0 = d->kicks;
-	waits0 = d->waits;
-	polls0 = d->polls;
-	full0 = d->full;
+	k = blk_counters(d);
+	kicks0 = k->kicks;
+	waits0 = k->waits;
+	polls0 = k->polls;
+	full0 = k->full;
+	intr0 = k->interrupts;
+	supp0 = k->kicks_suppressed;
 	hv_sync(10, b->mode, b->bs, b->qd, b->count, b->seconds);
-	t0 = storvsc_rdtsc();
+	t0 = blk_rdtsc();
 	p.deadline = b->count ? ~0ULL : t0 + b->seconds * b->tsc_hz;
 	run_pass(b, &p, false);
-	b->cycles = storvsc_rdtsc() - t0;
-	b->kicks = d->kicks - kicks0;
-	b->waits = d->waits - waits0;
-	b->polls = d->polls - polls0;
-	b->full = d->full - full0;
+	b->cycles = blk_rdtsc() - t0;
+	k = blk_counters(d);
+	b->kicks = k->kicks - kicks0;
+	b->waits = k->waits - waits0;
+	b->polls = k->polls - polls0;
+	b->full = k->full - full0;
+	b->interrupts = k->interrupts - intr0;
+	b->kicks_suppressed = k->kicks_suppressed - supp0;
 	ns = cycles_to_ns(b, b->cycles);
 	hv_sync(11, b->ios, b->bytes, ns / 1000, b->kicks, b->waits);
 
 	if (!is_read(b) && b->verify) {
 		/* Read back every unit the loop wrote. */
-		rc = storvsc_flush(d, &c);
-		HV_ASSERT(rc == 0, "disk_bench: flush: %s", storvsc_strerror(rc));
+		rc = blk_flush(d, &c);
+		HV_ASSERT(rc == 0, "disk_bench: flush: %s", blk_strerror(d, rc));
 		memset(&p, 0, sizeof(p));
-		p.op = STORVSC_OP_READ;
+		p.op = BLK_OP_READ;
 		p.what = "read-back";
 		run_pass(b, &p, true);
 		b->verified_ios = p.completed;
@@ -297,8 +304,9 @@ int bench_task(void *arg)
 		b->verified_ios = b->ios;
 		b->verified_bytes = b->bytes;
 	}
-	hv_sync(12, b->verified_ios, b->verified_bytes, b->prefill_ios, d->unexpected,
-		d->unsolicited);
+	k = blk_counters(d);
+	hv_sync(12, b->verified_ios, b->verified_bytes, b->prefill_ios, k->unexpected,
+		k->unsolicited);
 
 	if (!ns)
 		ns = 1;
@@ -312,13 +320,16 @@ int bench_task(void *arg)
 		  "\"verify\":%u,\"ios\":%llu,\"bytes\":%llu,\"seconds\":%s,\"iops\":%llu,"
 		  "\"mb_per_s\":%s,\"mean_us\":%s,\"p50_us\":%s,\"p99_us\":%s,\"max_us\":%s,"
 		  "\"kicks\":%llu,\"waits\":%llu,\"all_waits\":%llu,\"ring_full\":%llu,\"max_inflight\":%u,"
-		  "\"verified_ios\":%llu,\"protocol\":\"%u.%u\",\"blocks\":%llu,\"buf_offset\":%u}\n",
+		  "\"verified_ios\":%llu,\"protocol\":\"%s\",\"blocks\":%llu,\"buf_offset\":%u,"
+		  "\"dev\":\"%s\",\"kicks_suppressed\":%llu,\"interrupts\":%llu}\n",
 		  mode_names[b->mode], b->bs, b->qd, b->ring, b->verify,
 		  (unsigned long long)b->ios, (unsigned long long)b->bytes, secs,
 		  (unsigned long long)(b->ios * 1000000000ULL / ns), mbs, mean, p50, p99, maxs,
 		  (unsigned long long)b->kicks, (unsigned long long)b->waits,
-		  (unsigned long long)d->waits, (unsigned long long)b->full, d->max_inflight,
-		  (unsigned long long)b->verified_ios, d->version >> 8, d->version & 0xff,
-		  (unsigned long long)d->blocks, b->buf_offset);
+		  (unsigned long long)k->waits, (unsigned long long)b->full, k->max_inflight,
+		  (unsigned long long)b->verified_ios, d->proto,
+		  (unsigned long long)d->blocks, b->buf_offset, d->name,
+		  (unsigned long long)b->kicks_suppressed,
+		  (unsigned long long)b->interrupts);
 	return 0;
 }

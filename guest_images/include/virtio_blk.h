@@ -1,0 +1,250 @@
+/*
+ * virtio_blk.h - the guest runtime's virtio-blk driver on the virtio-mmio transport (virtio 1.x,
+ * "modern", Version 2), the client of hvkvm's hvkvm/vsp/virtio_blk.py and of QEMU's
+ * virtio-blk-device. Facts from the virtio 1.2 specification (4.2 virtio over MMIO, 2.7 split
+ * virtqueues, 5.2 block device); our own code.
+ *
+ *   1. Finding the device (rt/k_virtio_blk.c, ring 0): every `virtio_mmio.device=SIZE@BASE:IRQ`
+ *      on the command line (Linux's syntax; QEMU's microvm appends them with acpi=off, hvkvm's
+ *      devices_for() returns them), in order; without any, the 8 microvm slots 0xfeb00000 +
+ *      512 * n, n = 7 down to 0, with IRQ 5 + n. A slot counts if it reads MagicValue "virt",
+ *      Version 2 and DeviceID 2. IRQs 0-23 are pins of the IOAPIC at 0xfec00000, 24 and up of a
+ *      second one at 0xfec10000 (microvm's ioapic2).
+ *   2. Initialization (4.2.3.1): reset, ACKNOWLEDGE, DRIVER, features (VERSION_1 required;
+ *      EVENT_IDX, FLUSH, BLK_SIZE, SEG_MAX, RO taken when offered), FEATURES_OK (checked),
+ *      queue 0 (size: the option, else min(QueueNumMax, 256); descriptor table, driver and
+ *      device areas each page-aligned from storvsc_dma_alloc), QueueReady, DRIVER_OK; the
+ *      configuration space (capacity, blk_size, seg_max) read between two equal
+ *      ConfigGeneration values; VIRTIO_BLK_T_GET_ID for the serial.
+ *   3. Requests (rt/u_virtio_blk.c, any ring): three descriptors (header 16 bytes device-
+ *      readable, the data, a status byte device-writable), two for FLUSH; the head index is the
+ *      request's slot. Publishing (virtio_blk_kick): one release store of avail->idx for a batch,
+ *      a full fence, then a QueueNotify write (a 32-bit store of queue index 0) only when
+ *      vring_need_event(avail_event, new, old) says so (EVENT_IDX) or the device has not set
+ *      VRING_USED_F_NO_NOTIFY. Completions: used ring entries with a known, busy head; the
+ *      status byte (OK, IOERR, UNSUPP) and the used length (data + 1 for reads) are checked.
+ *   4. Interrupts: polling (ring 3, or ring 0 with poll) keeps them off: used_event just behind
+ *      the last completion taken (EVENT_IDX) or VRING_AVAIL_F_NO_INTERRUPT. A ring-0 wait
+ *      publishes used_event = the next completion (or clears NO_INTERRUPT), re-checks the used
+ *      ring and sleeps in `sti; hlt`; the handler reads InterruptStatus, writes InterruptACK,
+ *      and on a configuration change reads Status for DEVICE_NEEDS_RESET (the device is then
+ *      broken: every call returns BLK_EBROKEN).
+ *
+ * Ring 3 needs the register page: virtio_blk_open maps the device's 2 MiB page user-accessible
+ * (hv_user_map), so QueueNotify works from a ring-3 task; the IOAPIC page stays kernel-only.
+ */
+#ifndef HV_VIRTIO_BLK_H
+#define HV_VIRTIO_BLK_H
+
+#include "blkdev.h"
+
+#define VIRTIO_MMIO_MAGIC 0x74726976u /* "virt" */
+#define VIRTIO_MMIO_BASE 0xfeb00000u
+#define VIRTIO_MMIO_SLOT_SIZE 0x200u
+#define VIRTIO_MMIO_SLOTS 8u
+#define VIRTIO_MMIO_IRQ_BASE 5u
+#define VIRTIO_MAX_DEVICES 8u
+
+/* Registers (4.2.2). */
+#define VIRTIO_MMIO_MAGIC_VALUE 0x000
+#define VIRTIO_MMIO_VERSION 0x004
+#define VIRTIO_MMIO_DEVICE_ID 0x008
+#define VIRTIO_MMIO_VENDOR_ID 0x00c
+#define VIRTIO_MMIO_DEVICE_FEATURES 0x010
+#define VIRTIO_MMIO_DEVICE_FEATURES_SEL 0x014
+#define VIRTIO_MMIO_DRIVER_FEATURES 0x020
+#define VIRTIO_MMIO_DRIVER_FEATURES_SEL 0x024
+#define VIRTIO_MMIO_QUEUE_SEL 0x030
+#define VIRTIO_MMIO_QUEUE_NUM_MAX 0x034
+#define VIRTIO_MMIO_QUEUE_NUM 0x038
+#define VIRTIO_MMIO_QUEUE_READY 0x044
+#define VIRTIO_MMIO_QUEUE_NOTIFY 0x050
+#define VIRTIO_MMIO_INTERRUPT_STATUS 0x060
+#define VIRTIO_MMIO_INTERRUPT_ACK 0x064
+#define VIRTIO_MMIO_STATUS 0x070
+#define VIRTIO_MMIO_QUEUE_DESC_LOW 0x080
+#define VIRTIO_MMIO_QUEUE_DESC_HIGH 0x084
+#define VIRTIO_MMIO_QUEUE_DRIVER_LOW 0x090
+#define VIRTIO_MMIO_QUEUE_DRIVER_HIGH 0x094
+#define VIRTIO_MMIO_QUEUE_DEVICE_LOW 0x0a0
+#define VIRTIO_MMIO_QUEUE_DEVICE_HIGH 0x0a4
+#define VIRTIO_MMIO_CONFIG_GENERATION 0x0fc
+#define VIRTIO_MMIO_CONFIG 0x100
+
+#define VIRTIO_STATUS_ACKNOWLEDGE 1u
+#define VIRTIO_STATUS_DRIVER 2u
+#define VIRTIO_STATUS_DRIVER_OK 4u
+#define VIRTIO_STATUS_FEATURES_OK 8u
+#define VIRTIO_STATUS_NEEDS_RESET 64u
+#define VIRTIO_STATUS_FAILED 128u
+
+#define VIRTIO_INT_USED 1u
+#define VIRTIO_INT_CONFIG 2u
+
+#define VIRTIO_ID_BLOCK 2u
+
+/* Feature bits. */
+#define VIRTIO_BLK_F_SIZE_MAX 1
+#define VIRTIO_BLK_F_SEG_MAX 2
+#define VIRTIO_BLK_F_RO 5
+#define VIRTIO_BLK_F_BLK_SIZE 6
+#define VIRTIO_BLK_F_FLUSH 9
+#define VIRTIO_RING_F_EVENT_IDX 29
+#define VIRTIO_F_VERSION_1 32
+
+/* Block device configuration (5.2.4), the fields read here. */
+#define VIRTIO_BLK_CFG_CAPACITY 0x00
+#define VIRTIO_BLK_CFG_SIZE_MAX 0x08
+#define VIRTIO_BLK_CFG_SEG_MAX 0x0c
+#define VIRTIO_BLK_CFG_BLK_SIZE 0x14
+
+/* Requests (5.2.6). */
+#define VIRTIO_BLK_T_IN 0u
+#define VIRTIO_BLK_T_OUT 1u
+#define VIRTIO_BLK_T_FLUSH 4u
+#define VIRTIO_BLK_T_GET_ID 8u
+#define VIRTIO_BLK_S_OK 0u
+#define VIRTIO_BLK_S_IOERR 1u
+#define VIRTIO_BLK_S_UNSUPP 2u
+#define VIRTIO_BLK_ID_BYTES 20u
+
+/* Split virtqueue (2.7). */
+#define VIRTQ_DESC_F_NEXT 1u
+#define VIRTQ_DESC_F_WRITE 2u
+#define VIRTQ_AVAIL_F_NO_INTERRUPT 1u
+#define VIRTQ_USED_F_NO_NOTIFY 1u
+
+struct virtq_desc {
+	uint64_t addr;
+	uint32_t len;
+	uint16_t flags;
+	uint16_t next;
+};
+
+struct virtq_avail {
+	uint16_t flags;
+	uint16_t idx;
+	uint16_t ring[]; /* then uint16_t used_event */
+};
+
+struct virtq_used_elem {
+	uint32_t id;
+	uint32_t len;
+};
+
+struct virtq_used {
+	uint16_t flags;
+	uint16_t idx;
+	struct virtq_used_elem ring[]; /* then uint16_t avail_event */
+};
+
+struct virtio_blk_req_hdr {
+	uint32_t type;
+	uint32_t reserved;
+	uint64_t sector;
+};
+
+_Static_assert(sizeof(struct virtq_desc) == 16, "virtq_desc");
+_Static_assert(sizeof(struct virtio_blk_req_hdr) == 16, "virtio_blk_req_hdr");
+
+/* vring_need_event() of the specification. */
+static inline int virtq_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
+{
+	return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old);
+}
+
+#define VIRTIO_BLK_MAX_QSIZE 256u
+
+/* One request in flight, indexed by its head descriptor. */
+struct virtio_blk_slot {
+	uint64_t cookie;
+	uint64_t lba;
+	uint64_t t_submit;
+	void *buf;
+	uint32_t len;
+	uint32_t blocks;
+	uint8_t op, busy, ndesc, reserved;
+	uint16_t desc[3];
+};
+
+struct virtio_blk_dev;
+typedef void (*virtio_blk_kfn)(struct virtio_blk_dev *d);
+
+struct virtio_blk_dev {
+	volatile uint8_t *regs;     /* the register window (identity-mapped GPA) */
+	uint64_t base;
+	uint32_t size;
+	uint32_t irq;               /* GSI */
+	uint32_t vector;
+	uint32_t version, device_id, vendor_id;
+	uint64_t host_features;     /* offered */
+	uint64_t features;          /* negotiated */
+	uint64_t capacity;          /* 512-byte sectors */
+	uint32_t blk_size, seg_max;
+	uint8_t ro, event_idx, broken, poll;
+	uint32_t status;            /* what was written to Status */
+
+	/* the queue */
+	uint16_t qsize, qmax;
+	uint16_t free_head, num_free;
+	uint16_t last_used;         /* next used ring entry to take */
+	uint16_t avail_idx;         /* next avail ring slot (private copy) */
+	uint16_t avail_published;   /* avail->idx last published */
+	uint16_t uncommitted;
+	struct virtq_desc *desc;
+	struct virtq_avail *avail;
+	struct virtq_used *used;
+	volatile uint16_t *used_event;  /* in the driver area */
+	volatile uint16_t *avail_event; /* in the device area */
+	struct virtio_blk_req_hdr *hdrs; /* one per head */
+	volatile uint8_t *statuses;      /* one per head */
+	struct virtio_blk_slot slots[VIRTIO_BLK_MAX_QSIZE];
+
+	struct blk_counters c;
+	uint64_t tsc_hz;
+	uint64_t stall_cycles;
+	uint64_t kicked_polls;      /* internal: the polls counter at the last re-kick */
+
+	/* ring 0 (set by virtio_blk_open) */
+	virtio_blk_kfn kwait;       /* sleep until the device's interrupt */
+	volatile uint64_t events;   /* interrupts taken (the handler counts) */
+	uint64_t isr_used, isr_config;
+	char id[VIRTIO_BLK_ID_BYTES + 1];
+};
+
+/* Ring 0 (rt/k_virtio_blk.c). */
+/* Find the n-th virtio-blk device (above) and initialize it; irq: route its interrupt (ring-0
+ * waits) or leave it masked (polling only). 0 or BLK_E*. d must be user-accessible memory when
+ * ring 3 uses it. */
+int virtio_blk_open(struct virtio_blk_dev *d, unsigned n, uint32_t queue_size, bool event_idx,
+		    bool irq);
+/* Reset the device (nothing may be in flight) and mask its interrupt. */
+int virtio_blk_close(struct virtio_blk_dev *d);
+/* How many virtio-mmio devices the command line (or the slot probe) lists; their bases/IRQs. */
+unsigned virtio_mmio_find(uint64_t *bases, uint32_t *sizes, uint32_t *irqs, unsigned max);
+
+/* Any ring (rt/u_virtio_blk.c). */
+int virtio_blk_submit(struct virtio_blk_dev *d, enum blk_op op, uint64_t lba, uint32_t blocks,
+		      void *buf, uint64_t cookie);
+int virtio_blk_submit_raw(struct virtio_blk_dev *d, uint32_t type, uint64_t sector, void *buf,
+			  uint32_t len, bool device_writes, uint64_t cookie);
+int virtio_blk_kick(struct virtio_blk_dev *d);
+int virtio_blk_reap(struct virtio_blk_dev *d, struct blk_completion *c, unsigned max);
+int virtio_blk_wait(struct virtio_blk_dev *d, struct blk_completion *c, unsigned max);
+/* The device's Status (an MMIO read: an exit); sets d->broken on DEVICE_NEEDS_RESET. */
+uint32_t virtio_blk_status(struct virtio_blk_dev *d);
+/* Interrupts on/off for the next completion (ring 0 waits; polling keeps them off). */
+void virtio_blk_irq_on(struct virtio_blk_dev *d);
+void virtio_blk_irq_off(struct virtio_blk_dev *d);
+
+static inline uint32_t virtio_mmio_read(const struct virtio_blk_dev *d, uint32_t reg)
+{
+	return *(volatile uint32_t *)(d->regs + reg);
+}
+
+static inline void virtio_mmio_write(const struct virtio_blk_dev *d, uint32_t reg, uint32_t v)
+{
+	*(volatile uint32_t *)(d->regs + reg) = v;
+}
+
+#endif /* HV_VIRTIO_BLK_H */

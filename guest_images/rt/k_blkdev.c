@@ -1,0 +1,234 @@
+/*
+ * k_blkdev.c - the block-device layer's kernel part (ring 0): options, the TSC rate, opening and
+ * closing a device of any kind. See include/blkdev.h.
+ */
+#include "blkdev.h"
+#include "rt.h"
+
+#define BLK_SCRATCH 64u
+
+enum blk_kind blk_kind_of(const char *dev)
+{
+	if (!dev || !*dev || !strcmp(dev, "storvsc") || !strcmp(dev, "vmbus"))
+		return BLK_STORVSC;
+	if (!strcmp(dev, "virtio"))
+		return BLK_VIRTIO;
+	if (!strcmp(dev, "ata"))
+		return BLK_ATA;
+	if (!strcmp(dev, "mmio"))
+		return BLK_MMIO;
+	return BLK_NONE;
+}
+
+void blk_options_from_cmdline(struct blk_options *o)
+{
+	uint64_t ring = hv_arg_u64("ring", 3), pio = hv_arg_u64("pio", 32);
+
+	memset(o, 0, sizeof(*o));
+	o->index = (uint32_t)hv_arg_u64("disk", 0);
+	o->ring_pages = (uint32_t)hv_arg_u64("ring_pages", 32);
+	o->queue_size = (uint32_t)hv_arg_u64("queue_size", 0);
+	o->event_idx = hv_arg_u64("event_idx", 1) != 0;
+	o->pio_width = pio == 16 ? 2 : 4;
+	o->poll = hv_arg_u64("poll", 0) != 0;
+	o->irq = ring == 0 && !o->poll;
+	o->stall_s = (uint32_t)hv_arg_u64("stall_s", 20);
+}
+
+/* Shared with ring 3 (the layer reads it there), so user-accessible. */
+extern uint64_t blk_tsc_cache;
+
+uint64_t blk_tsc_hz(void)
+{
+	uint64_t t0, t1, c0, c1;
+
+	if (blk_tsc_cache)
+		return blk_tsc_cache;
+	if (hv_hyperv.tsc_hz) {
+		blk_tsc_cache = hv_hyperv.tsc_hz;
+		return blk_tsc_cache;
+	}
+	/* Against the LAPIC-timer clock (1 GHz APIC bus): 20 ms, the bounds of both reads. */
+	t0 = hv_time_us();
+	c0 = blk_rdtsc();
+	hv_udelay(20000);
+	c1 = blk_rdtsc();
+	t1 = hv_time_us();
+	if (t1 > t0)
+		blk_tsc_cache = (c1 - c0) * 1000000ULL / (t1 - t0);
+	return blk_tsc_cache;
+}
+
+static void copy_str(char *dst, size_t size, const char *src)
+{
+	hv_strlcpy(dst, src ? src : "", size);
+}
+
+static int open_storvsc(struct blkdev *b, const struct blk_options *o)
+{
+	struct storvsc_dev *d = storvsc_dma_alloc(sizeof(*d));
+	int rc;
+
+	b->scratch = storvsc_dma_alloc(BLK_SCRATCH * sizeof(struct storvsc_completion));
+	if (!d || !b->scratch)
+		return BLK_EINVAL;
+	b->u.storvsc = d;
+	rc = storvsc_open(d, o->index, o->ring_pages);
+	if (rc)
+		return rc;
+	d->poll = o->poll;
+	b->tsc_hz = d->tsc_hz ? d->tsc_hz : blk_tsc_hz();
+	d->stall_cycles = b->tsc_hz * o->stall_s;
+	b->version = d->version;
+	hv_snprintf(b->proto, sizeof(b->proto), "%u.%u", d->version >> 8, d->version & 0xff);
+	b->blocks = d->blocks;
+	b->block_size = d->block_size;
+	b->max_transfer = d->max_transfer;
+	b->qd_max = STORVSC_MAX_QD;
+	b->write_protected = d->write_protected;
+	copy_str(b->vendor, sizeof(b->vendor), d->vendor);
+	copy_str(b->product, sizeof(b->product), d->product);
+	copy_str(b->revision, sizeof(b->revision), d->revision);
+	return 0;
+}
+
+static int open_virtio(struct blkdev *b, const struct blk_options *o)
+{
+	struct virtio_blk_dev *d = storvsc_dma_alloc(sizeof(*d));
+	int rc;
+
+	if (!d)
+		return BLK_EINVAL;
+	b->u.virtio = d;
+	rc = virtio_blk_open(d, o->index, o->queue_size, o->event_idx, o->irq);
+	if (rc)
+		return rc;
+	d->poll = o->poll;
+	d->tsc_hz = b->tsc_hz;
+	d->stall_cycles = b->tsc_hz * o->stall_s;
+	b->version = d->version;
+	hv_snprintf(b->proto, sizeof(b->proto), "virtio-mmio %u", d->version);
+	b->blocks = d->capacity;
+	b->block_size = BLK_SECTOR;
+	b->max_transfer = BLK_MAX_XFER;
+	b->qd_max = d->qsize / 3;
+	b->write_protected = d->ro;
+	copy_str(b->vendor, sizeof(b->vendor), d->vendor_id == 0x554d4551 ? "QEMU" :
+		 d->vendor_id == 0x564b5648 ? "hvkvm" : "virtio");
+	copy_str(b->product, sizeof(b->product), "virtio-blk");
+	hv_snprintf(b->revision, sizeof(b->revision), "q%u%s", d->qsize, d->event_idx ? "e" : "");
+	copy_str(b->serial, sizeof(b->serial), d->id);
+	return 0;
+}
+
+static int open_ata(struct blkdev *b, const struct blk_options *o)
+{
+	struct ata_dev *d = storvsc_dma_alloc(sizeof(*d));
+	int rc;
+
+	if (!d)
+		return BLK_EINVAL;
+	b->u.ata = d;
+	rc = ata_open(d, o->pio_width, o->irq);
+	if (rc)
+		return rc;
+	d->poll = o->poll;
+	d->stall_cycles = b->tsc_hz * o->stall_s;
+	b->version = d->pio_width * 8u;
+	hv_snprintf(b->proto, sizeof(b->proto), "ata-pio%u", d->pio_width * 8u);
+	b->blocks = d->sectors;
+	b->block_size = BLK_SECTOR;
+	b->max_transfer = d->max_sectors * BLK_SECTOR;
+	b->qd_max = 1;
+	copy_str(b->vendor, sizeof(b->vendor), "ATA");
+	copy_str(b->product, sizeof(b->product), d->model);
+	copy_str(b->revision, sizeof(b->revision), d->firmware);
+	copy_str(b->serial, sizeof(b->serial), d->serial);
+	return 0;
+}
+
+static int open_mmio(struct blkdev *b, const struct blk_options *o)
+{
+	struct mmioblk_dev *d = storvsc_dma_alloc(sizeof(*d));
+	int rc;
+
+	if (!d)
+		return BLK_EINVAL;
+	b->u.mmio = d;
+	rc = mmioblk_open(d, o->irq);
+	if (rc)
+		return rc;
+	d->poll = o->poll;
+	b->version = d->version;
+	hv_snprintf(b->proto, sizeof(b->proto), "mmioblk %u", d->version);
+	b->blocks = d->capacity;
+	b->block_size = BLK_SECTOR;
+	b->max_transfer = d->max_sectors * BLK_SECTOR;
+	b->qd_max = MMIOBLK_MAX_QD;
+	b->write_protected = d->ro;
+	copy_str(b->vendor, sizeof(b->vendor), "hvkvm");
+	copy_str(b->product, sizeof(b->product), "mmioblk");
+	copy_str(b->revision, sizeof(b->revision), "1");
+	copy_str(b->serial, sizeof(b->serial), d->id);
+	return 0;
+}
+
+int blk_open(struct blkdev *b, const char *dev, const struct blk_options *o)
+{
+	struct blk_options defaults;
+	enum blk_kind kind = blk_kind_of(dev);
+	int rc;
+
+	if (!b)
+		return BLK_EINVAL;
+	memset(b, 0, sizeof(*b));
+	if (!o) {
+		blk_options_from_cmdline(&defaults);
+		o = &defaults;
+	}
+	b->kind = kind;
+	b->poll = o->poll;
+	switch (kind) {
+	case BLK_STORVSC:
+		copy_str(b->name, sizeof(b->name), "storvsc");
+		rc = open_storvsc(b, o);
+		break;
+	case BLK_VIRTIO:
+		copy_str(b->name, sizeof(b->name), "virtio");
+		b->tsc_hz = blk_tsc_hz();
+		rc = open_virtio(b, o);
+		break;
+	case BLK_ATA:
+		copy_str(b->name, sizeof(b->name), "ata");
+		b->tsc_hz = blk_tsc_hz();
+		rc = open_ata(b, o);
+		break;
+	case BLK_MMIO:
+		copy_str(b->name, sizeof(b->name), "mmio");
+		b->tsc_hz = blk_tsc_hz();
+		rc = open_mmio(b, o);
+		break;
+	default:
+		return BLK_ENODEV;
+	}
+	if (rc)
+		return rc;
+	b->stall_cycles = b->tsc_hz * o->stall_s;
+	return 0;
+}
+
+int blk_close(struct blkdev *b)
+{
+	switch (b ? b->kind : BLK_NONE) {
+	case BLK_STORVSC:
+		return storvsc_close(b->u.storvsc);
+	case BLK_VIRTIO:
+		return virtio_blk_close(b->u.virtio);
+	case BLK_ATA:
+		return ata_close(b->u.ata);
+	case BLK_MMIO:
+		return mmioblk_close(b->u.mmio);
+	default:
+		return BLK_EINVAL;
+	}
+}
