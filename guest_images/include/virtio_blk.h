@@ -6,10 +6,13 @@
  *
  *   1. Finding the device (rt/k_virtio_blk.c, ring 0): every `virtio_mmio.device=SIZE@BASE:IRQ`
  *      on the command line (Linux's syntax; QEMU's microvm appends them with acpi=off, hvkvm's
- *      devices_for() returns them), in order; without any, the 8 microvm slots 0xfeb00000 +
- *      512 * n, n = 7 down to 0, with IRQ 5 + n. A slot counts if it reads MagicValue "virt",
- *      Version 2 and DeviceID 2. IRQs 0-23 are pins of the IOAPIC at 0xfec00000, 24 and up of a
- *      second one at 0xfec10000 (microvm's ioapic2).
+ *      devices_for() returns them), in order; without any, microvm's slots 0xfeb00000 + 512 * n,
+ *      highest first, as QEMU lays them out: 24 slots on GSIs 24 + n when a second IOAPIC
+ *      answers at 0xfec10000 (ACPI with ioapic2), else 8 slots on GSIs 16 + n with ACPI (an
+ *      RSDP in the start info) or 5 + n without. A slot counts if it reads MagicValue "virt",
+ *      Version 2 and DeviceID 2 (a Version 1 "legacy" device is logged and skipped: QEMU 7.2
+ *      needs -global virtio-mmio.force-legacy=false). IRQs 0-23 are pins of the IOAPIC at
+ *      0xfec00000, 24 and up of the second one.
  *   2. Initialization (4.2.3.1): reset, ACKNOWLEDGE, DRIVER, features (VERSION_1 required;
  *      EVENT_IDX, FLUSH, BLK_SIZE, SEG_MAX, RO taken when offered), FEATURES_OK (checked),
  *      queue 0 (size: the option, else min(QueueNumMax, 256); descriptor table, driver and

@@ -9,8 +9,23 @@
 #define VIRTIO_VECTOR_BASE 0x60u
 #define IOAPIC2_BASE 0xfec10000u
 #define IOAPIC2_GSI_BASE 24u
+#define VIRTIO_MMIO_MAX_SLOTS 24u
 
 static struct virtio_blk_dev *vector_dev[VIRTIO_MAX_DEVICES];
+
+static uint32_t ioapic2_read(uint32_t reg)
+{
+	*(volatile uint32_t *)(uintptr_t)(IOAPIC2_BASE + 0x00) = reg;
+	return *(volatile uint32_t *)(uintptr_t)(IOAPIC2_BASE + 0x10);
+}
+
+/* microvm's second IOAPIC (ioapic2=on): a version register that reads like an IOAPIC's. */
+static bool ioapic2_present(void)
+{
+	uint32_t v = ioapic2_read(HV_IOAPIC_VERSION);
+
+	return ((v & 0xff) == 0x11 || (v & 0xff) == 0x20) && ((v >> 16) & 0xff) == 23;
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Finding devices. */
@@ -68,12 +83,24 @@ unsigned virtio_mmio_find(uint64_t *bases, uint32_t *sizes, uint32_t *irqs, unsi
 	}
 	if (found)
 		return found;
-	/* No command line entries: microvm's slots, highest first (QEMU fills them that way). */
-	for (unsigned n = VIRTIO_MMIO_SLOTS; n-- > 0 && found < max;) {
-		bases[found] = VIRTIO_MMIO_BASE + (uint64_t)n * VIRTIO_MMIO_SLOT_SIZE;
-		sizes[found] = VIRTIO_MMIO_SLOT_SIZE;
-		irqs[found] = VIRTIO_MMIO_IRQ_BASE + n;
-		found++;
+	/* No command line entries (QEMU's microvm with ACPI): its slots, highest first (QEMU fills
+	 * them that way): 24 on GSIs 24-47 with a second IOAPIC, else 8 on GSIs 16-23 when there is
+	 * ACPI (an RSDP), else 8 on GSIs 5-12. */
+	{
+		unsigned slots = VIRTIO_MMIO_SLOTS, irq_base = VIRTIO_MMIO_IRQ_BASE;
+
+		if (ioapic2_present()) {
+			slots = 24;
+			irq_base = IOAPIC2_GSI_BASE;
+		} else if (hv_boot.rsdp_paddr) {
+			irq_base = 16;
+		}
+		for (unsigned n = slots; n-- > 0 && found < max;) {
+			bases[found] = VIRTIO_MMIO_BASE + (uint64_t)n * VIRTIO_MMIO_SLOT_SIZE;
+			sizes[found] = VIRTIO_MMIO_SLOT_SIZE;
+			irqs[found] = irq_base + n;
+			found++;
+		}
 	}
 	return found;
 }
@@ -165,15 +192,15 @@ static uint64_t read_config64(struct virtio_blk_dev *d, uint32_t off)
 int virtio_blk_open(struct virtio_blk_dev *d, unsigned n, uint32_t queue_size, bool event_idx,
 		    bool irq)
 {
-	uint64_t bases[VIRTIO_MAX_DEVICES], want, host;
-	uint32_t sizes[VIRTIO_MAX_DEVICES], irqs[VIRTIO_MAX_DEVICES], gen;
-	unsigned count, seen = 0, slot = VIRTIO_MAX_DEVICES;
+	uint64_t bases[VIRTIO_MMIO_MAX_SLOTS], want, host;
+	uint32_t sizes[VIRTIO_MMIO_MAX_SLOTS], irqs[VIRTIO_MMIO_MAX_SLOTS], gen;
+	unsigned count, seen = 0, slot = VIRTIO_MMIO_MAX_SLOTS;
 	uint8_t *page;
 
 	if (!d)
 		return BLK_EINVAL;
 	memset(d, 0, sizeof(*d));
-	count = virtio_mmio_find(bases, sizes, irqs, VIRTIO_MAX_DEVICES);
+	count = virtio_mmio_find(bases, sizes, irqs, VIRTIO_MMIO_MAX_SLOTS);
 	for (unsigned i = 0; i < count; i++) {
 		volatile uint8_t *r = (volatile uint8_t *)(uintptr_t)bases[i];
 
@@ -192,7 +219,7 @@ int virtio_blk_open(struct virtio_blk_dev *d, unsigned n, uint32_t queue_size, b
 			break;
 		}
 	}
-	if (slot == VIRTIO_MAX_DEVICES)
+	if (slot == VIRTIO_MMIO_MAX_SLOTS)
 		return BLK_ENODEV;
 	d->base = bases[slot];
 	d->size = sizes[slot];

@@ -85,9 +85,12 @@ int hv_main(void)
 	b->blocks_per_io = b->bs / d->block_size;
 	qd_max = blk_qd_max(d, b->bs);
 	qd = hv_arg_is("qd", "max") ? qd_max : hv_arg_u64("qd", 1);
+	if (d->kind == BLK_STORVSC)
+		HV_ASSERT(qd >= 1 && qd <= qd_max, "disk_bench: qd %llu: the rings hold 1..%u "
+			  "requests of %u bytes (ring_pages %u)", (unsigned long long)qd, qd_max,
+			  b->bs, o.ring_pages);
 	HV_ASSERT(qd >= 1 && qd <= qd_max, "disk_bench: qd %llu: the %s device holds 1..%u "
-		  "requests of %u bytes%s", (unsigned long long)qd, d->name, qd_max, b->bs,
-		  d->kind == BLK_STORVSC ? " (more ring_pages for more)" : "");
+		  "requests of %u bytes", (unsigned long long)qd, d->name, qd_max, b->bs);
 	b->qd = (uint32_t)qd;
 	span = hv_arg_u64("span", d->blocks * d->block_size);
 	if (span > d->blocks * d->block_size)

@@ -4,10 +4,10 @@
 #ifndef DISK_CHECK_H
 #define DISK_CHECK_H
 
-#include "storvsc.h"
+#include "blkdev.h"
 
 struct check_run {
-	struct storvsc_dev *d;
+	struct blkdev *d;
 	uint64_t seed;
 	uint32_t chunk;     /* bytes per READ */
 	uint32_t qd;        /* READs in flight */
@@ -21,7 +21,7 @@ struct check_run {
 	uint32_t reserved2;
 };
 
-extern struct storvsc_dev check_dev;
+extern struct blkdev check_dev;
 extern struct check_run check_user_run;
 
 /* Read the whole disk and check every sector; ASSERT on the first (lowest) mismatch. */

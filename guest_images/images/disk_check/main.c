@@ -1,8 +1,8 @@
 /*
- * disk_check - read the whole storvsc disk back and check the format disk_fill wrote: every
+ * disk_check - read the whole disk back and check the format disk_fill wrote: every
  * 512-byte sector starts with its LBA and the seed (little-endian u64s), the rest zero.
  *
- * Command line: seed=N (1) bs=BYTES (65536: bytes per READ) qd=N (8) ring=3|0 (3)
+ * Command line: dev=storvsc|virtio|ata|mmio (storvsc; include/blkdev.h) seed=N (1) bs=BYTES (65536: bytes per READ) qd=N (8) ring=3|0 (3)
  *   ring_pages=N (32) disk=N (0) stall_s=N (20)
  *   buf_offset=N (0: each buffer starts this many bytes into a page; transfers then cross
  *   page boundaries)
@@ -15,8 +15,10 @@
 int hv_main(void)
 {
 	struct check_run *k = &check_user_run;
-	struct storvsc_dev *d = &check_dev;
-	uint64_t ring = hv_arg_u64("ring", 3), ring_pages = hv_arg_u64("ring_pages", 32);
+	struct blkdev *d = &check_dev;
+	uint64_t ring = hv_arg_u64("ring", 3);
+	struct blk_options o;
+	char dev[16] = "storvsc";
 	uint64_t qd, chunk;
 	uint32_t qd_max;
 	int rc;
@@ -24,9 +26,15 @@ int hv_main(void)
 	memset(k, 0, sizeof(*k));
 	k->seed = hv_arg_u64("seed", 1);
 	HV_ASSERT(ring == 0 || ring == 3, "disk_check: ring must be 0 or 3");
-	rc = storvsc_open(d, (unsigned)hv_arg_u64("disk", 0), (uint32_t)ring_pages);
-	HV_ASSERT(rc == 0, "disk_check: storvsc_open: %d (%s)", rc, storvsc_strerror(rc));
-	d->stall_cycles = d->tsc_hz * hv_arg_u64("stall_s", 20);
+	hv_arg("dev", dev, sizeof(dev));
+	HV_ASSERT(blk_kind_of(dev) != BLK_NONE,
+		  "disk_check: dev must be storvsc, virtio, ata or mmio, not '%s'", dev);
+	blk_options_from_cmdline(&o);
+	rc = blk_open(d, dev, &o);
+	if (!strcmp(dev, "storvsc"))
+		HV_ASSERT(rc == 0, "disk_check: storvsc_open: %d (%s)", rc, storvsc_strerror(rc));
+	HV_ASSERT(rc == 0, "disk_check: opening %s disk %u: %d (%s)", dev, o.index, rc,
+		  blk_strerror(d, rc));
 	k->d = d;
 	chunk = hv_arg_u64("bs", 65536);
 	if (chunk > d->max_transfer)
@@ -34,7 +42,7 @@ int hv_main(void)
 	HV_ASSERT(chunk >= d->block_size && chunk % d->block_size == 0,
 		  "disk_check: bs must be a multiple of %u", d->block_size);
 	k->chunk = (uint32_t)chunk;
-	qd_max = storvsc_qd_max(d, k->chunk);
+	qd_max = blk_qd_max(d, k->chunk);
 	qd = hv_arg_u64("qd", 8);
 	if (qd > qd_max)
 		qd = qd_max;
@@ -55,7 +63,7 @@ int hv_main(void)
 	       "bytes, qd %u, ring %llu", (unsigned long long)k->seed,
 	       (unsigned long long)k->sectors, (unsigned long long)k->bytes,
 	       (unsigned long long)k->ios, k->chunk, k->qd, (unsigned long long)ring);
-	rc = storvsc_close(d);
+	rc = blk_close(d);
 	HV_ASSERT(rc == 0, "disk_check: close: %d", rc);
 	return 0;
 }

@@ -3,17 +3,17 @@
  */
 #include "check.h"
 
-struct storvsc_dev check_dev;
+struct blkdev check_dev;
 struct check_run check_user_run;
 
-static struct storvsc_completion comps[64];
-static uint16_t free_bufs[STORVSC_MAX_QD];
+static struct blk_completion comps[64];
+static uint16_t free_bufs[BLK_MAX_QD];
 
 /* Check `sectors` sectors from `lba` against disk_fill's format; record the first mismatch. */
 static void check(struct check_run *k, const uint8_t *buf, uint64_t lba, uint32_t sectors)
 {
 	for (uint32_t s = 0; s < sectors; s++) {
-		const uint8_t *p = buf + (size_t)s * STORVSC_SECTOR;
+		const uint8_t *p = buf + (size_t)s * BLK_SECTOR;
 		uint64_t w[2];
 		uint32_t bad = 0;
 
@@ -26,7 +26,7 @@ static void check(struct check_run *k, const uint8_t *buf, uint64_t lba, uint32_
 		} else {
 			const uint64_t *q = (const uint64_t *)(const void *)(p + 16);
 
-			for (uint32_t i = 0; i < (STORVSC_SECTOR - 16) / 8; i++)
+			for (uint32_t i = 0; i < (BLK_SECTOR - 16) / 8; i++)
 				if (q[i]) {
 					for (uint32_t j = 0; j < 8; j++)
 						if (p[16 + 8 * i + j]) {
@@ -50,51 +50,51 @@ static void check(struct check_run *k, const uint8_t *buf, uint64_t lba, uint32_
 int check_task(void *arg)
 {
 	struct check_run *k = arg;
-	struct storvsc_dev *d = k->d;
-	uint64_t total = d->blocks * (d->block_size / STORVSC_SECTOR);
-	uint64_t next = 0, t0 = storvsc_rdtsc();
-	uint32_t per_io = k->chunk / STORVSC_SECTOR, nfree = k->qd, spb;
+	struct blkdev *d = k->d;
+	uint64_t total = d->blocks * (d->block_size / BLK_SECTOR);
+	uint64_t next = 0, t0 = blk_rdtsc();
+	uint32_t per_io = k->chunk / BLK_SECTOR, nfree = k->qd, spb;
 	char text[200];
 	int rc;
 
-	spb = d->block_size / STORVSC_SECTOR;
+	spb = d->block_size / BLK_SECTOR;
 	k->bad_lba = ~0ULL;
 	for (uint32_t i = 0; i < k->qd; i++)
 		free_bufs[i] = (uint16_t)i;
 	/* After a mismatch nothing new is read; what is in flight (lower LBAs among it) is still
 	 * checked, so the report names the lowest bad sector. */
-	while ((next < total && k->bad_lba == ~0ULL) || d->inflight) {
+	while ((next < total && k->bad_lba == ~0ULL) || blk_counters(d)->inflight) {
 		while (next < total && k->bad_lba == ~0ULL && nfree) {
 			uint32_t idx = free_bufs[nfree - 1];
 			uint32_t n = total - next < per_io ? (uint32_t)(total - next) : per_io;
 			uint8_t *buf = k->bufs + (size_t)idx * k->stride + k->buf_offset;
 
-			rc = storvsc_submit(d, STORVSC_OP_READ, next / spb, n / spb, buf, 0, idx);
-			if (rc == STORVSC_EAGAIN)
+			rc = blk_submit(d, BLK_OP_READ, next / spb, n / spb, buf, idx);
+			if (rc == BLK_EAGAIN)
 				break;
 			HV_ASSERT(rc >= 0, "disk_check: READ at sector %llu: %s",
-				  (unsigned long long)next, storvsc_strerror(rc));
+				  (unsigned long long)next, blk_strerror(d, rc));
 			nfree--;
 			next += n;
 		}
-		rc = storvsc_wait(d, comps, HV_ARRAY_SIZE(comps));
-		HV_ASSERT(rc > 0, "disk_check: waiting (%u in flight): %s", d->inflight,
-			  storvsc_strerror(rc));
+		rc = blk_wait(d, comps, HV_ARRAY_SIZE(comps));
+		HV_ASSERT(rc > 0, "disk_check: waiting (%u in flight): %s", blk_counters(d)->inflight,
+			  blk_strerror(d, rc));
 		for (int i = 0; i < rc; i++) {
-			const struct storvsc_completion *c = &comps[i];
+			const struct blk_completion *c = &comps[i];
 
 			if (c->status) {
-				storvsc_describe(c, text, sizeof(text));
+				blk_describe(d, c, text, sizeof(text));
 				HV_ASSERT(0, "disk_check: %s", text);
 			}
-			check(k, c->buf, c->lba * spb, c->len / STORVSC_SECTOR);
+			check(k, c->buf, c->lba * spb, c->len / BLK_SECTOR);
 			free_bufs[nfree++] = (uint16_t)c->cookie;
 			k->ios++;
 			k->bytes += c->len;
-			k->sectors += c->len / STORVSC_SECTOR;
+			k->sectors += c->len / BLK_SECTOR;
 		}
 	}
-	k->cycles = storvsc_rdtsc() - t0;
+	k->cycles = blk_rdtsc() - t0;
 	if (k->bad_lba != ~0ULL) {
 		if (k->bad_offset < 8)
 			HV_ASSERT(0, "disk_check: LBA %llu: bytes 0-7 hold 0x%llx (and bytes 8-15 "

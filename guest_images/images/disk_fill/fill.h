@@ -4,10 +4,10 @@
 #ifndef DISK_FILL_H
 #define DISK_FILL_H
 
-#include "storvsc.h"
+#include "blkdev.h"
 
 struct fill_run {
-	struct storvsc_dev *d;
+	struct blkdev *d;
 	uint64_t seed;
 	uint32_t chunk;     /* bytes per WRITE */
 	uint32_t qd;        /* WRITEs in flight */
@@ -17,7 +17,7 @@ struct fill_run {
 	uint64_t sectors, bytes, ios, cycles;
 };
 
-extern struct storvsc_dev fill_dev;
+extern struct blkdev fill_dev;
 extern struct fill_run fill_user_run;
 
 /* Write every sector, then SYNCHRONIZE CACHE. Ring 3 or ring 0; returns 0 (asserts). */

@@ -1,9 +1,9 @@
 /*
- * disk_fill - write every 512-byte sector of the storvsc disk so that its first 8 bytes are the
- * sector's LBA and the next 8 the seed (little-endian), the rest zero; then SYNCHRONIZE CACHE.
- * disk_check reads it back (in another run).
+ * disk_fill - write every 512-byte sector of the disk so that its first 8 bytes are the
+ * sector's LBA and the next 8 the seed (little-endian), the rest zero; then a flush (storvsc:
+ * SYNCHRONIZE CACHE). disk_check reads it back (in another run, over any path).
  *
- * Command line: seed=N (1) bs=BYTES (65536: bytes per WRITE, up to the host's max transfer)
+ * Command line: dev=storvsc|virtio|ata|mmio (storvsc; include/blkdev.h) seed=N (1) bs=BYTES (65536: bytes per WRITE, up to the host's max transfer)
  *   qd=N (8) ring=3|0 (3) ring_pages=N (32) disk=N (0) stall_s=N (20)
  *   buf_offset=N (0: each buffer starts this many bytes into a page; transfers then cross
  *   page boundaries)
@@ -17,8 +17,10 @@
 int hv_main(void)
 {
 	struct fill_run *f = &fill_user_run;
-	struct storvsc_dev *d = &fill_dev;
-	uint64_t ring = hv_arg_u64("ring", 3), ring_pages = hv_arg_u64("ring_pages", 32);
+	struct blkdev *d = &fill_dev;
+	uint64_t ring = hv_arg_u64("ring", 3);
+	struct blk_options o;
+	char dev[16] = "storvsc";
 	uint64_t qd, chunk;
 	uint32_t qd_max;
 	int rc;
@@ -26,9 +28,15 @@ int hv_main(void)
 	memset(f, 0, sizeof(*f));
 	f->seed = hv_arg_u64("seed", 1);
 	HV_ASSERT(ring == 0 || ring == 3, "disk_fill: ring must be 0 or 3");
-	rc = storvsc_open(d, (unsigned)hv_arg_u64("disk", 0), (uint32_t)ring_pages);
-	HV_ASSERT(rc == 0, "disk_fill: storvsc_open: %d (%s)", rc, storvsc_strerror(rc));
-	d->stall_cycles = d->tsc_hz * hv_arg_u64("stall_s", 20);
+	hv_arg("dev", dev, sizeof(dev));
+	HV_ASSERT(blk_kind_of(dev) != BLK_NONE,
+		  "disk_fill: dev must be storvsc, virtio, ata or mmio, not '%s'", dev);
+	blk_options_from_cmdline(&o);
+	rc = blk_open(d, dev, &o);
+	if (!strcmp(dev, "storvsc"))
+		HV_ASSERT(rc == 0, "disk_fill: storvsc_open: %d (%s)", rc, storvsc_strerror(rc));
+	HV_ASSERT(rc == 0, "disk_fill: opening %s disk %u: %d (%s)", dev, o.index, rc,
+		  blk_strerror(d, rc));
 	f->d = d;
 	chunk = hv_arg_u64("bs", 65536);
 	if (chunk > d->max_transfer)
@@ -36,7 +44,7 @@ int hv_main(void)
 	HV_ASSERT(chunk >= d->block_size && chunk % d->block_size == 0,
 		  "disk_fill: bs must be a multiple of %u", d->block_size);
 	f->chunk = (uint32_t)chunk;
-	qd_max = storvsc_qd_max(d, f->chunk);
+	qd_max = blk_qd_max(d, f->chunk);
 	qd = hv_arg_u64("qd", 8);
 	if (qd > qd_max)
 		qd = qd_max;
@@ -57,7 +65,7 @@ int hv_main(void)
 	       "qd %u, ring %llu, flushed", (unsigned long long)f->seed,
 	       (unsigned long long)f->sectors, (unsigned long long)f->bytes,
 	       (unsigned long long)f->ios, f->chunk, f->qd, (unsigned long long)ring);
-	rc = storvsc_close(d);
+	rc = blk_close(d);
 	HV_ASSERT(rc == 0, "disk_fill: close: %d", rc);
 	return 0;
 }
