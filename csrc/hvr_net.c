@@ -682,7 +682,7 @@ static int tx_frame(struct hvr_net *n, const struct msgbuf *mb, uint32_t off, ui
 	int k = 0, c;
 	ssize_t w;
 
-	if (n->tap_fd < 0 || !n->rndis_initialized) {
+	if (n->tap_fd < 0 || n->tap_dead || !n->rndis_initialized) {
 		n->stats.tx_dropped++;
 		return 0;
 	}
@@ -699,6 +699,8 @@ static int tx_frame(struct hvr_net *n, const struct msgbuf *mb, uint32_t off, ui
 	w = writev(n->tap_fd, v, k + c);
 	if (w < 0) {
 		n->stats.tx_dropped++;
+		if (errno == EBADFD || errno == EBADF) /* the device is gone: say so once */
+			n->tap_dead = 1;
 		record(n, HVR_NET_ERR_TAP, (uint32_t)errno, 1, 0);
 		return 0;
 	}
@@ -924,6 +926,15 @@ static int wanted(const struct hvr_net *n, const uint8_t *frame)
 	return (f & NDIS_PACKET_TYPE_DIRECTED) && !memcmp(frame, n->mac, 6);
 }
 
+/* A failed TAP read: transient (0), or the TAP is unusable from now on (recorded once). */
+static void tap_read_failed(struct hvr_net *n, int err)
+{
+	if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
+		return;
+	n->tap_dead = 1;
+	record(n, HVR_NET_ERR_TAP, (uint32_t)err, 0, 0);
+}
+
 /* Drop what the TAP holds (the guest cannot take frames now). */
 static int rx_discard(struct hvr_net *n)
 {
@@ -934,6 +945,8 @@ static int rx_discard(struct hvr_net *n)
 		n->stats.rx_dropped++;
 		moved++;
 	}
+	if (moved < BATCH && r < 0)
+		tap_read_failed(n, errno);
 	return moved;
 }
 
@@ -947,7 +960,7 @@ static int rx_tap(struct hvr_plane *p, struct hvr_net *n)
 	int moved = 0, rc, freeb;
 
 	n->rx_blocked = 0;
-	if (n->tap_fd < 0)
+	if (n->tap_fd < 0 || n->tap_dead)
 		return 0;
 	if (!rx_usable(n) || !n->rndis_initialized || !n->packet_filter)
 		return rx_discard(n);
@@ -982,8 +995,7 @@ static int rx_tap(struct hvr_plane *p, struct hvr_net *n)
 		sp = sec_ptr(n, s);
 		r = read(n->tap_fd, sp + HVR_NET_RX_HEADER - n->vnet_hdr, room);
 		if (r < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-				record(n, HVR_NET_ERR_TAP, (uint32_t)errno, 0, 0);
+			tap_read_failed(n, errno);
 			break;
 		}
 		moved++;
@@ -1167,7 +1179,7 @@ static void *net_main(void *arg)
 			nfds = 2;
 			/* The TAP only when its frames can move now; else the guest's kick (a
 			 * completion freeing sections, or ring space) wakes us. */
-			if (n->tap_fd >= 0 && !n->rx_blocked) {
+			if (n->tap_fd >= 0 && !n->tap_dead && !n->rx_blocked) {
 				fds[2].fd = n->tap_fd;
 				fds[2].events = POLLIN;
 				nfds = 3;

@@ -128,6 +128,7 @@ struct hvr_net {
 	uint32_t recv_revoked;
 	uint32_t send_revoked;
 	uint32_t rx_blocked;         /* internal: 1 waiting for sections, 2 for ring space */
+	uint32_t tap_dead;           /* the TAP failed (e.g. its device was deleted): not used */
 	/* owned: hvr_net_init() allocates, hvr_net_fini() frees */
 	uint32_t *sec_free;
 	uint32_t nfree;

@@ -506,6 +506,52 @@ def test_raw_frames_both_ways(netns, make_nic, plane, via):
         tap.close()
 
 
+def test_tap_with_vnet_header(netns, make_nic, plane):
+    """IFF_VNET_HDR: the 10-byte virtio_net_hdr is stripped towards the guest and a zero one is
+    added towards the TAP (no offloads are negotiated)."""
+    tap = TapDevice(TAP, netns=netns, vnet_hdr=True)
+    s = packet_socket(netns)
+    try:
+        nic = make_nic(tap=tap, plane=plane)
+        g = nic.g
+        f = make_frame(1, 333)
+        s.send(f)
+        assert g.wait_frames(1) == [f]
+        out = make_frame(2, 1514, dst=bytes.fromhex("02aabbccdd01"), src=MAC)
+        assert g.send_frame(out) == nw.NVSP_STAT_SUCCESS
+        assert recv_incoming(s, 1) == [out]
+    finally:
+        s.close()
+        tap.close()
+
+
+def test_deleted_tap_device_is_reported_once_and_survived(netns, make_nic, plane):
+    """The TAP's device is deleted under a running NIC (its fd then polls POLLERR forever):
+    one logged error, the TAP is left alone, the guest's channel keeps being served."""
+    tap = tap_in(netns, address=None)
+    try:
+        nic = make_nic(tap=tap, plane=plane)
+        nic.wait_plane(plane)
+        _ip("-n", netns, "link", "del", TAP)
+        assert nic.g.send_frame(make_frame(1, 60, dst=bytes(6), src=MAC)) == \
+            nw.NVSP_STAT_SUCCESS
+        assert wait_for(lambda: nic.stats()["tap_dead"])
+        time.sleep(0.2)
+        st = nic.stats()
+        assert st["error_kinds"] == {"tap": 1}, st["error_kinds"]
+        if plane == "c":
+            sleeps = st["plane_sleeps"]
+            time.sleep(0.2)
+            assert nic.stats()["plane_sleeps"] - sleeps < 50, "the plane spins on a dead TAP"
+        for i in range(5):
+            assert nic.g.send_frame(make_frame(i, 60, dst=bytes(6), src=MAC)) == \
+                nw.NVSP_STAT_SUCCESS
+        assert nic.g.query(nw.RNDIS_OID_GEN_MAXIMUM_FRAME_SIZE)[0] == 0
+        assert nic.stats()["error_kinds"] == {"tap": 1}
+    finally:
+        tap.close()
+
+
 def test_packet_filter_and_halt(netns, make_nic, plane):
     tap = tap_in(netns, address=None)
     s = packet_socket(netns)

@@ -348,6 +348,7 @@ struct hvr_net {
     uint32_t link_reported;
     uint32_t recv_revoked;
     uint32_t send_revoked;
+    uint32_t tap_dead;
     uint32_t nfree;
     struct hvr_net_stats stats;
     ...;

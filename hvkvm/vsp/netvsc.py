@@ -423,6 +423,7 @@ class PyDataPath:
         self.recv_revoked = False
         self.send_revoked = False
         self.rx_blocked = 0
+        self.tap_dead = False
         self.need = 0
         self.stats = dict.fromkeys(STAT_KEYS, 0)
 
@@ -645,7 +646,7 @@ class PyDataPath:
         if doff < 36 or doff > body or dlen > body - doff or dlen < 14 or dlen > mtu + 18:
             self.record(ERR_RNDIS_PACKET, doff, dlen, mlen)
             return True
-        if self.tap_fd < 0 or not self.rndis_initialized:
+        if self.tap_fd < 0 or self.tap_dead or not self.rndis_initialized:
             self.stats["tx_dropped"] += 1
             return False
         frame = data[off + 8 + doff:off + 8 + doff + dlen]
@@ -653,6 +654,8 @@ class PyDataPath:
             os.writev(self.tap_fd, [bytes(self.vnet), frame] if self.vnet else [frame])
         except OSError as e:
             self.stats["tx_dropped"] += 1
+            if e.errno in (_errno.EBADFD, _errno.EBADF):
+                self.tap_dead = True
             self.record(ERR_TAP, e.errno or 0, 1)
             return False
         self.stats["tx_frames"] += 1
@@ -751,12 +754,13 @@ class PyDataPath:
         except InterruptedError:
             return None
         except OSError as e:
+            self.tap_dead = True
             self.record(ERR_TAP, e.errno or 0, 0)
             return None
 
     def rx_tap(self) -> int:
         self.rx_blocked = 0
-        if self.tap_fd < 0:
+        if self.tap_fd < 0 or self.tap_dead:
             return 0
         if not self.rx_usable() or not self.rndis_initialized or not self.packet_filter:
             moved = 0
@@ -982,7 +986,7 @@ class CNet:
     def state(self) -> dict:
         n = self._n
         return {"rndis_initialized": bool(n.rndis_initialized), "packet_filter": n.packet_filter,
-                "free_sections": n.nfree}
+                "free_sections": n.nfree, "tap_dead": bool(n.tap_dead)}
 
     def pop_errors(self) -> list[tuple[int, int, int, int]]:
         out = []
@@ -1114,7 +1118,8 @@ class _Channel:
                 continue
             if state == "idle" and oc.inring.unmask():
                 continue
-            want_tap = dp is not None and dp.tap_fd >= 0 and not dp.rx_blocked
+            want_tap = dp is not None and dp.tap_fd >= 0 and not dp.rx_blocked and \
+                not dp.tap_dead
             if want_tap != tap_registered:
                 if want_tap:
                     poller.register(dp.tap_fd, select.POLLIN)
@@ -1399,7 +1404,8 @@ class _Channel:
             out.update(dp.stats if dp is not None else dict.fromkeys(STAT_KEYS, 0))
             if dp is not None:
                 out.update({"rndis_initialized": dp.rndis_initialized,
-                            "packet_filter": dp.packet_filter, "free_sections": len(dp.free)})
+                            "packet_filter": dp.packet_filter, "free_sections": len(dp.free),
+                            "tap_dead": dp.tap_dead})
             out["kicks"] = self.oc.guest_signals
             out["signals"] = self.oc.host_signals
         out["errors"] = out.get("errors", 0) + self.handshake_stats["errors"]
