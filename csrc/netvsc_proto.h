@@ -16,6 +16,45 @@
  * NVSP_CONTROL_CHANNEL_TYPE, NVSP_PACKET_SIZE_V1, RNDIS_HEADER_SIZE.
  *
  * Freestanding: only <stdint.h> and <stddef.h>, so guest images can use it too.
+ *
+ * What a VSC does with hvkvm's VSP (hvkvm/vsp/netvsc.py, csrc/hvr_net.c; Linux's hv_netvsc does
+ * the same). "Request" = an in-band packet with VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED; its
+ * answer is a VM_PKT_COMP with the request's trans_id (echo it exactly). Packets sent without the
+ * flag are never answered.
+ *  1. NVSP_MSG_TYPE_INIT {min, max} (request) -> INIT_COMPLETE {negotiated (the highest of 0x60001,
+ *     0x60000, 0x50000, 0x40000, 0x30002, 2 inside [min, max]), status NVSP_STAT_SUCCESS or _FAIL}.
+ *  2. Optional, no answer: NVSP_MSG2_TYPE_SEND_NDIS_CONFIG, NVSP_MSG1_TYPE_SEND_NDIS_VER.
+ *  3. The receive buffer: a GPADL of whole pages (every range byte_offset 0, a multiple of 4096
+ *     bytes; at least 2 pages, a few hundred KiB in practice), then NVSP_MSG1_TYPE_SEND_RECV_BUF
+ *     {gpadl_handle, id = NETVSC_RECEIVE_BUFFER_ID} (request) -> SEND_RECV_BUF_COMPLETE {status,
+ *     num_sections 1, sections[0] = {0, sub_alloc_size (1728), num_sub_allocs, end_offset}}.
+ *  4. Optional send buffer: a GPADL, NVSP_MSG1_TYPE_SEND_SEND_BUF {gpadl_handle, id 0} (request)
+ *     -> SEND_SEND_BUF_COMPLETE {status, section_size (6144)}; section i is at i * section_size.
+ *  5. Every RNDIS message goes as NVSP_MSG1_TYPE_SEND_RNDIS_PKT {channel_type,
+ *     send_buf_section_index, send_buf_section_size} (request): the RNDIS bytes are the section's
+ *     first send_buf_section_size bytes, and/or (index 0xFFFFFFFF) the pages of a
+ *     VM_PKT_DATA_USING_GPA_DIRECT packet, in order. Several messages may be packed back to back
+ *     (each msg_len long; at most HVR_NET_MAX_CONTROL = 8 control messages per packet). The
+ *     answer is 8 bytes {NVSP_MSG1_TYPE_SEND_RNDIS_PKT_COMPLETE, status}: NVSP_STAT_SUCCESS,
+ *     NVSP_STAT_FAIL (bad section / GPA range / no data) or NVSP_STAT_INVALID_RNDIS_PKT; the section
+ *     may be reused after it.
+ *  6. RNDIS_MSG_INIT, then queries (RNDIS_OID_802_3_PERMANENT_ADDRESS: 6 bytes,
+ *     RNDIS_OID_GEN_MAXIMUM_FRAME_SIZE: u32 MTU, RNDIS_OID_GEN_MEDIA_CONNECT_STATUS, ...) and SET
+ *     RNDIS_OID_GEN_CURRENT_PACKET_FILTER (u32, e.g. DIRECTED | BROADCAST | ALL_MULTICAST = 0xd):
+ *     no frame reaches the guest before RNDIS is initialized and the filter is non-zero.
+ *     info_buf_offset counts from the request body (after ndis_msg_type and msg_len): 20.
+ *  7. The host sends VM_PKT_DATA_USING_XFER_PAGES packets (completion requested): xfer_pageset_id
+ *     = the receive buffer's id, range_cnt ranges {byte_count, byte_offset} in the receive buffer,
+ *     each one whole RNDIS message (RNDIS_MSG_PACKET: rndis_packet at +8 with data_offset 36, so
+ *     the frame is at +44 and data_len long, no PPIs; the *_C answers; RNDIS_MSG_INDICATE with
+ *     RNDIS_STATUS_MEDIA_CONNECT / _DISCONNECT), up to 16 ranges per packet; the payload after the
+ *     header is an nvsp_message SEND_RNDIS_PKT. The VSC completes each packet once: a VM_PKT_COMP
+ *     with the packet's trans_id and {NVSP_MSG1_TYPE_SEND_RNDIS_PKT_COMPLETE, NVSP_STAT_SUCCESS};
+ *     until then its sections are not reused (no completions: no more frames).
+ *  8. Frames the VSC sends are RNDIS_MSG_PACKET with 14 <= data_len <= MTU + 18 and the frame
+ *     inside msg_len; PPIs are ignored (no offloads are offered).
+ *  9. Keep reading the receive ring even while the send ring is full: the host may be waiting for
+ *     room there to post a completion.
  */
 #ifndef HVKVM_NETVSC_PROTO_H
 #define HVKVM_NETVSC_PROTO_H
