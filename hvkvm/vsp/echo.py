@@ -85,6 +85,10 @@ class EchoVsp(Vsp):
                             self.packets += 1
                             self.bytes += len(pkt.payload)
                         elif pkt.type == VM_PKT_DATA_INBAND:
+                            if packet_total(len(pkt.payload)) > outr.data_size - 8:
+                                # The guest's receive ring can never hold this echo (the C
+                                # plane stops on it too): stop serving the channel.
+                                raise _NeverFits(len(pkt.payload), outr.data_size)
                             if not outr.write(pkt.payload, trans_id=pkt.trans_id):
                                 # Our ring is full: ask the guest to signal when it has read
                                 # enough (pending_send_sz), and leave this packet for then.
@@ -103,7 +107,13 @@ class EchoVsp(Vsp):
                         channel.signal_guest()
                     if not moved or inr.available == 0:
                         break
-            except RingBrokenError as e:
+            except (RingBrokenError, _NeverFits) as e:
                 # A corrupt ring closes nothing else: this channel stops being served.
                 self.broken = str(e)
                 channel.server.channels._error("ring", f"relid {channel.relid}: {e}")
+
+
+class _NeverFits(Exception):
+    def __init__(self, payload: int, ring: int):
+        super().__init__(f"an echo of {payload} bytes never fits the guest's {ring}-byte "
+                         f"receive ring")
