@@ -144,6 +144,12 @@ class _End:
             raise RingBrokenError(self._st.r.broken)
         return rc
 
+    def _break(self, reason: int):
+        """Mark the view broken (sticky, as the C code does) and raise RingBrokenError."""
+        if not self._st.r.broken:
+            self._st.r.broken = reason
+        raise RingBrokenError(self._st.r.broken)
+
     @property
     def broken(self) -> str | None:
         """Why the view is broken (a name from :data:`BROKEN_REASONS`), or None."""
@@ -311,15 +317,16 @@ class InRing(_End):
         xfer: tuple[tuple[int, int], ...] = ()
         if p.type == VM_PKT_DATA_USING_GPA_DIRECT:
             # The C parser validated the ranges; this copy is a second fetch of the peer's
-            # memory, so it is checked again rather than trusted.
+            # memory, so it is checked again rather than trusted. A peer that rewrote them in
+            # between corrupted the ring: broken for good, like any other corruption.
             pos = 8
             for _ in range(p.range_count):
                 if pos + 8 > len(header):
-                    raise RingError("GPA ranges changed while the packet was read")
+                    self._break(lib.HVR_BROKEN_GPA_RANGES)
                 count, off = struct.unpack_from("<II", header, pos)
                 npfn = (off + count + PAGE_SIZE - 1) // PAGE_SIZE
                 if count == 0 or off >= PAGE_SIZE or pos + 8 + 8 * npfn > len(header):
-                    raise RingError("GPA ranges changed while the packet was read")
+                    self._break(lib.HVR_BROKEN_GPA_RANGES)
                 pfns = struct.unpack_from(f"<{npfn}Q", header, pos + 8)
                 gpa.append(GpaRange(count, off, tuple(pfns)))
                 pos += 8 + 8 * npfn
