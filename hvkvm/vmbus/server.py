@@ -87,6 +87,8 @@ class Notifier:
         self._sel.register(self._wake, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._stop = False
+        #: Exceptions raised by channel handlers (VSP bugs), counted.
+        self.failures = 0
         self._thread = threading.Thread(target=self._loop, name="hvkvm-vmbus-notifier",
                                         daemon=True)
         self._thread.start()
@@ -126,7 +128,12 @@ class Notifier:
                     try:
                         key.data()
                     except Exception:  # one VSP's bug must not stop every channel's signals
-                        log.exception("vmbus: channel handler failed")
+                        # ... nor let a guest that keeps kicking flood the log: the 1st, 2nd,
+                        # 4th, ... failure is logged.
+                        self.failures += 1
+                        if self.failures & (self.failures - 1) == 0:
+                            log.exception("vmbus: channel handler failed (%d failures so far)",
+                                          self.failures)
 
     def close(self) -> None:
         """Stop the thread. Safe to call twice."""
@@ -156,6 +163,7 @@ class VmbusServer:
         self.hv.register_post_handler(w.VMBUS_MESSAGE_CONNECTION_ID_4,
                                       lambda vp, t, data: self._post(4, t, data))
         self._closed = False
+        self._dropped = 0
 
     def add_vsp(self, vsp: Vsp) -> Channel:
         """Offer ``vsp``'s channel to the guest."""
@@ -186,7 +194,12 @@ class VmbusServer:
     def _send(self, payload: bytes) -> None:
         cs = self.channels
         if not self.hv.post_message(cs.target_vp, cs.msg_sint, VMBUS_MESSAGE_TYPE, payload):
-            log.error("vmbus: SynIC queue full; dropped a channel message to the guest")
+            # A guest that stops reading its messages must not flood the log: the 1st, 2nd,
+            # 4th, 8th, ... drop is logged (hv.stats["messages_dropped"] counts them all).
+            self._dropped += 1
+            if self._dropped & (self._dropped - 1) == 0:
+                log.error("vmbus: SynIC queue full; dropped %d channel message(s) to the guest "
+                          "so far", self._dropped)
 
     def _open(self, ch: Channel, req: OpenRequest):
         from .ring import InRing, OutRing
