@@ -55,6 +55,11 @@ DIRECT_BOOT_STACK = 0x80000
 RFLAGS_IF = 1 << 9
 CR0_PE = 1
 
+#: LOG lines and SYNCs a run keeps for its result: a guest can send them forever, the parent's
+#: memory must not grow with it (on_log / on_sync still see every one).
+MAX_KEPT_LOGS = 10000
+MAX_KEPT_SYNCS = 10000
+
 
 def _noop_handler(signum, frame) -> None:
     """The kick signal's handler: its only job is to make KVM_RUN return EINTR."""
@@ -465,6 +470,8 @@ class ChildPartition:
         self._result_lock = threading.Lock()
         self._logs: list[str] = []
         self._syncs: list[tuple[int, tuple[int, ...]]] = []
+        self._logs_dropped = 0
+        self._syncs_dropped = 0
         self._closed = False
         self._pause_requested = False
         self._pause_cv = threading.Condition()
@@ -739,6 +746,8 @@ class ChildPartition:
         self._done.clear()
         self._logs = []
         self._syncs = []
+        self._logs_dropped = 0
+        self._syncs_dropped = 0
 
     def exit_metrics(self) -> dict:
         """Exit counters and host service-time histograms of the current run, per vCPU, as a
@@ -760,7 +769,10 @@ class ChildPartition:
 
     def _log(self, index: int, text: str) -> None:
         line = text[:512]
-        self._logs.append(line)
+        if len(self._logs) < MAX_KEPT_LOGS:
+            self._logs.append(line)
+        else:
+            self._logs_dropped += 1
         if self.config.on_log is not None:
             self.config.on_log(index, line)
         elif self.config.serial_out is not None:
@@ -769,7 +781,10 @@ class ChildPartition:
             out.flush()
 
     def _sync(self, index: int, uc) -> None:
-        self._syncs.append((index, uc.args))
+        if len(self._syncs) < MAX_KEPT_SYNCS:
+            self._syncs.append((index, uc.args))
+        else:
+            self._syncs_dropped += 1
         if self.config.on_sync is not None and self.config.on_sync(index, uc) == "stop":
             self._finish(RunResult("pass", f"stopped by the host at SYNC {uc.args[0]}"))
             raise _Stop
@@ -849,6 +864,9 @@ class ChildPartition:
             result.detail = "\n".join(lines)
         result.serial = self.serial.captured() if self.serial is not None else b""
         result.logs = list(self._logs)
+        if self._logs_dropped or self._syncs_dropped:
+            result.logs.append(f"[hvkvm: {self._logs_dropped} more LOG lines and "
+                               f"{self._syncs_dropped} more SYNCs were not kept]")
         result.syncs = list(self._syncs)
         if self.serial is not None:
             self.serial.flush()
