@@ -1,0 +1,449 @@
+"""Hostile guests: real KVM partitions running guest images that attack the parent partition
+(``guest_images/images/hostile_*``, one attack per run: ``attack=NAME``).
+
+For every attack the test asserts the outcome the parent must guarantee:
+
+- the parent keeps running: the run ends the way the attack implies (the guest's DONE(0) after a
+  VMBus attack; a stopped partition with the reason for CPU-level faults), never a host error;
+- the offending channel is refused, or broken and no longer served, with an error saying why
+  (``p.vmbus.errors``, the VSP's ``broken``, the C plane's error and ring-broken reason);
+- a bystander channel opened alongside (and never attacked) keeps echoing (SYNC 0x1ff);
+- nothing outside guest RAM is read or written: the Python paths refuse before touching memory
+  (GuestMemory bounds-checks every access), the C paths run under ASan + UBSan in
+  ``ci/sanitize.sh`` (this same file, against the sanitizer build of ``csrc/``);
+- what a guest can make the parent keep or log is bounded.
+
+SYNC stages: see ``guest_images/images/hostile_vmbus/main.c`` (and the other images' main.c).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pytest
+
+from hvkvm import images
+from hvkvm.partition.config import PartitionConfig
+from hvkvm.vmbus.channels import MAX_ERRORS_KEPT
+from hvkvm.vmbus.gpadl import MAX_GPADLS
+from hvkvm.vsp.echo import EchoVsp
+
+pytestmark = pytest.mark.kvm
+
+SYNC_START, SYNC_DONE, SYNC_VICTIM_ECHO, SYNC_VICTIM_CLOSED, SYNC_BYSTANDER = \
+    0x100, 0x101, 0x1FD, 0x1FE, 0x1FF
+#: Log records a flood may leave (the first of each kind is logged, the rest only counted).
+LOG_BOUND = 300
+
+
+@pytest.fixture(scope="module")
+def vmbus_image():
+    return str(images.image_path("hostile_vmbus"))
+
+
+@dataclass
+class Outcome:
+    """One hostile run: the result, the partition, its SYNCs and the VSPs."""
+
+    result: object
+    p: object
+    syncs: dict
+    victim: EchoVsp
+    bystander: EchoVsp
+    spare: EchoVsp
+    #: victim C plane state captured at SYNC 0x101 (before the guest closes it)
+    plane_state: dict = field(default_factory=dict)
+    logs: list = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return list(self.p.vmbus.errors)
+
+    def error_matching(self, text: str) -> bool:
+        return any(text in e for e in self.errors)
+
+
+def run_vmbus(make_partition, image, attack, *, plane="c", extra="", vcpus=1, timeout=120,
+              caplog=None, before_run=None) -> Outcome:
+    victim = EchoVsp(plane=plane)
+    bystander = EchoVsp(plane="python" if plane == "c" else "c")
+    spare = EchoVsp(plane="python")
+    state: dict = {}
+
+    syncs: dict = {}
+
+    def on_sync(_vcpu, uc):
+        syncs[uc.args[0]] = tuple(uc.args[1:])
+        if uc.args[0] == SYNC_DONE:
+            for relid, plane_ in victim.planes.items():
+                state.update(relid=relid, error=plane_.error, broken=plane_._p.broken,
+                             stats=plane_.stats)
+            state["python_broken"] = victim.broken
+
+    cfg = PartitionConfig(image=image, cmdline=f"hostile attack={attack} {extra}",
+                          vsps=[victim, bystander, spare], vcpus=vcpus, timeout=timeout,
+                          on_sync=on_sync)
+    p = make_partition(cfg)
+    if before_run is not None:
+        before_run(p)
+    r = p.run()
+    return Outcome(r, p, syncs, victim, bystander, spare, state,
+                   [rec for rec in (caplog.records if caplog else [])
+                    if rec.name.startswith("hvkvm")])
+
+
+def check_survived(o: Outcome, *, victim_works: bool) -> None:
+    """The common outcome: the guest finished, the victim was closed as asked, the bystander
+    still echoes, every channel is back to a sane state, bounded error lists."""
+    r = o.result
+    assert r.passed, f"{r.status}: {r.reason}\n{r.detail}\n" + "\n".join(r.logs[-20:])
+    assert o.syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    assert o.syncs[SYNC_VICTIM_CLOSED][0] == 0
+    echoes = o.syncs[SYNC_VICTIM_ECHO][0]
+    assert echoes == (4 if victim_works else 0), f"victim echoes after the attack: {echoes}"
+    assert o.bystander.broken is None
+    cs = o.p.vmbus.channels
+    assert len(cs.errors) <= MAX_ERRORS_KEPT
+    victim_ch = cs.channels[1]
+    assert victim_ch.state == "offered" and victim_ch.transport is None
+    assert not victim_ch.building
+
+
+def check_victim_broken(o: Outcome, plane: str, reason: str) -> None:
+    """The victim's data path stopped on a corrupt ring, and says why."""
+    if plane == "python":
+        assert o.victim.broken is not None and reason in o.victim.broken, o.victim.broken
+        assert o.error_matching(f"relid 1: VMBus ring is broken: bad {reason}"), o.errors
+    else:
+        from hvkvm.vmbus.ring import BROKEN_REASONS
+        assert o.plane_state.get("error") == -4, o.plane_state          # HVR_EBROKEN
+        assert BROKEN_REASONS.get(o.plane_state["broken"]) == reason, o.plane_state
+
+
+PLANES = ["c", "python"]
+
+# ---- rings ------------------------------------------------------------------------------------
+
+BREAKING = [
+    ("ring_windex_oob", "write_index"),
+    ("ring_windex_unaligned", "write_index"),
+    ("ring_rindex_oob", "read_index"),
+    ("ring_len8_past_end", "descriptor lengths"),
+    ("ring_offset8_small", "descriptor lengths"),
+    ("ring_offset8_past_len8", "descriptor lengths"),
+    ("ring_bad_type", "descriptor type"),
+    ("ring_bad_flags", "descriptor flags"),
+    ("ring_gpa_ranges_bad", "GPA ranges"),
+    ("ring_xfer_ranges_bad", "transfer page ranges"),
+]
+
+
+@pytest.mark.parametrize("plane", PLANES)
+@pytest.mark.parametrize("attack,reason", BREAKING, ids=[a for a, _ in BREAKING])
+def test_corrupt_ring_breaks_only_its_channel(make_partition, vmbus_image, attack, reason,
+                                              plane):
+    o = run_vmbus(make_partition, vmbus_image, attack, plane=plane)
+    check_survived(o, victim_works=False)
+    check_victim_broken(o, plane, reason)
+
+
+@pytest.mark.parametrize("plane", PLANES)
+@pytest.mark.parametrize("attack", ["ring_zero_payload", "ring_wrap_and_max",
+                                    "ring_pending_garbage"])
+def test_odd_but_valid_rings_keep_working(make_partition, vmbus_image, attack, plane):
+    o = run_vmbus(make_partition, vmbus_image, attack, plane=plane)
+    check_survived(o, victim_works=True)
+    assert o.victim.broken is None and o.plane_state.get("error", 0) == 0
+    assert not o.error_matching("ring is broken")
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_reply_that_never_fits_stops_the_channel_with_a_reason(make_partition, vmbus_image,
+                                                               plane, caplog):
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    o = run_vmbus(make_partition, vmbus_image, "ring_oversized_reply", plane=plane,
+                  caplog=caplog)
+    check_survived(o, victim_works=False)
+    if plane == "c":
+        assert o.plane_state["error"] == -3                              # HVR_EINVAL
+    else:
+        assert o.victim.broken and "never fits" in o.victim.broken, o.victim.broken
+        assert o.error_matching("relid 1:"), o.errors
+    assert len(o.logs) < LOG_BOUND
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_descriptor_rewritten_while_the_parent_reads_it(make_partition, vmbus_image, plane,
+                                                         caplog):
+    """Double fetch: vCPU 1 (ring 3) rewrites each descriptor while the parent parses it. The
+    parent echoes what it validated or stops the channel; it never uses a value it did not
+    check (ASan in the sanitizer job)."""
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    o = run_vmbus(make_partition, vmbus_image, "ring_double_fetch", plane=plane, vcpus=2,
+                  caplog=caplog)
+    check_survived(o, victim_works=o.syncs[SYNC_VICTIM_ECHO][0] == 4)
+    sent, echoes, flips = o.syncs[SYNC_DONE][:3]
+    assert sent > 0 and flips > 0
+    assert echoes <= sent
+    assert len(o.logs) < LOG_BOUND
+
+
+# ---- GPADLs -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_gpadl_pfns_outside_ram_are_refused(make_partition, vmbus_image, plane):
+    o = run_vmbus(make_partition, vmbus_image, "gpadl_pfn_beyond_ram", plane=plane)
+    check_survived(o, victim_works=True)
+    assert o.syncs[SYNC_DONE][:2] == (8, 0)
+    assert sum("outside guest RAM" in e for e in o.errors) == 8
+
+
+def test_gpadl_malformed_ranges_are_refused(make_partition, vmbus_image):
+    o = run_vmbus(make_partition, vmbus_image, "gpadl_bad_ranges")
+    check_survived(o, victim_works=True)
+    refused, created, torndown = o.syncs[SYNC_DONE][:3]
+    assert (refused, created, torndown) == (6, 0, 1)
+    for text in ("byte_offset 4096 is not inside", "range 0 is empty", "does not match",
+                 "range 1 header runs past", "reuses handle", "GPADL_HEADER for unknown relid",
+                 "GPADL_BODY for unknown handle", "range_buflen"):
+        assert o.error_matching(text), (text, o.errors)
+    # nothing half-built is left behind
+    assert all(not ch.building for ch in o.p.vmbus.channels.channels.values())
+
+
+def test_gpadl_teardown_of_an_open_ring_waits_for_the_close(make_partition, vmbus_image):
+    o = run_vmbus(make_partition, vmbus_image, "gpadl_teardown_open")
+    check_survived(o, victim_works=True)
+    assert o.syncs[SYNC_DONE][:2] == (0, 4)
+    assert o.error_matching("while its channel is open; deferred until close")
+    assert not o.p.vmbus.channels.channels[1].gpadls
+
+
+def test_thousands_of_gpadls_hit_the_limit(make_partition, vmbus_image, caplog):
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    n = 5000
+    o = run_vmbus(make_partition, vmbus_image, "gpadl_thousands", extra=f"count={n}",
+                  caplog=caplog)
+    check_survived(o, victim_works=True)
+    ok, refused, _last = o.syncs[SYNC_DONE][:3]
+    assert ok == 2 * n and refused == 0            # every post was taken (status 0) ...
+    # ... the excess refused (logged once; the error list keeps only the latest errors)
+    assert any(f"more than {MAX_GPADLS} GPADLs" in r.getMessage() for r in o.logs)
+    cs = o.p.vmbus.channels
+    assert len(cs._all_gpadls()) == 1              # only the bystander's ring is left
+    assert o.p.hv.stats["messages_dropped"] > 0    # the guest stopped reading its messages
+    assert len(o.logs) < LOG_BOUND
+
+
+# ---- channel messages -------------------------------------------------------------------------
+
+def test_unknown_message_types_are_refused(make_partition, vmbus_image):
+    o = run_vmbus(make_partition, vmbus_image, "msg_unknown_types")
+    check_survived(o, victim_works=True)
+    posts, bad_status = o.syncs[SYNC_DONE][:2]
+    assert posts == 62 and bad_status == 0
+    assert o.error_matching("unknown or host-only channel message")
+
+
+def test_short_messages_are_refused(make_partition, vmbus_image):
+    o = run_vmbus(make_partition, vmbus_image, "msg_short")
+    check_survived(o, victim_works=True)
+    assert o.syncs[SYNC_DONE][0] > 100
+    assert o.error_matching("(no header)") and o.error_matching("needs 148")
+
+
+def test_bad_post_message_inputs_get_hyper_v_statuses(make_partition, vmbus_image):
+    o = run_vmbus(make_partition, vmbus_image, "msg_bad_posts")
+    check_survived(o, victim_works=True)
+    mask, n = o.syncs[SYNC_DONE][:2]
+    assert mask == (1 << n) - 1 and n == 13
+    assert o.p.hv.stats["bad_hypercalls"] >= 11
+    assert o.error_matching("HvPostMessage of message type 2")
+    assert o.error_matching("on connection id")
+
+
+def test_messages_for_wrong_relids_and_states_are_refused(make_partition, vmbus_image):
+    o = run_vmbus(make_partition, vmbus_image, "msg_state_abuse")
+    check_survived(o, victim_works=True)
+    fails, version_supported, spare_echoes = o.syncs[SYNC_DONE][:3]
+    assert (fails, version_supported, spare_echoes) == (9, 0, 4)
+    for text in ("OPENCHANNEL for unknown relid", "CLOSECHANNEL for unknown relid",
+                 "OPENCHANNEL for relid 1 in state open", "CLOSECHANNEL for relid 3 in state",
+                 "RELID_RELEASED for relid 1 that was not rescinded", "INITIATE_CONTACT while",
+                 "OPENCHANNEL names unknown GPADL", "ring page offset", "OPENCHANNEL target_vp"):
+        assert o.error_matching(text), (text, o.errors)
+    assert o.p.vmbus.channels.version is not None      # still connected
+
+
+@pytest.mark.parametrize("attack,count", [("msg_post_flood", 20000),
+                                          ("msg_bad_inputs_flood", 5000)])
+def test_hypercall_floods_are_counted_not_kept(make_partition, vmbus_image, attack, count,
+                                               caplog):
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    o = run_vmbus(make_partition, vmbus_image, attack, extra=f"count={count}", caplog=caplog)
+    check_survived(o, victim_works=True)
+    ok, refused, _last = o.syncs[SYNC_DONE][:3]
+    assert ok + refused == count
+    cs = o.p.vmbus.channels
+    if attack == "msg_post_flood":
+        assert ok == count and cs.error_count >= count
+    else:
+        assert refused > count // 2 and o.p.hv.stats["bad_hypercalls"] >= refused
+    assert len(cs.errors) == MAX_ERRORS_KEPT or cs.error_count < MAX_ERRORS_KEPT
+    assert len(o.p.hv._warned) <= 256
+    assert len(o.logs) < LOG_BOUND
+
+
+def test_signals_on_unknown_connection_ids(make_partition, vmbus_image, caplog):
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    n = 20000
+    o = run_vmbus(make_partition, vmbus_image, "signal_unknown_flood", extra=f"count={n}",
+                  caplog=caplog)
+    check_survived(o, victim_works=True)
+    ok, refused, last = o.syncs[SYNC_DONE][:3]
+    assert (ok, refused, last) == (0, n, 0x12)        # HV_STATUS_INVALID_CONNECTION_ID
+    assert o.p.hv.stats["signal_event_exit"] >= n
+    assert len(o.p.hv._warned) <= 256
+    assert len(o.logs) < LOG_BOUND
+
+
+def test_interrupt_storm(make_partition, vmbus_image, caplog):
+    """REQUESTOFFERS from ring 3 (each answered with every offer: SynIC messages and SINTs as
+    fast as the parent can), SINT2 rewritten and EOM written thousands of times."""
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    o = run_vmbus(make_partition, vmbus_image, "irq_storm", plane="c", caplog=caplog)
+    check_survived(o, victim_works=True)
+    assert o.syncs[SYNC_DONE][0] == 2000
+    hv = o.p.hv
+    assert all(len(q) <= hv.MAX_PENDING_PER_SINT for vp in hv.vps for q in vp.pending)
+    assert hv.stats["sint_interrupts"] > 2000
+    assert len(o.logs) < LOG_BOUND
+
+
+# ---- the CPU level ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cpu_image():
+    return str(images.image_path("hostile_cpu"))
+
+
+def run_cpu(make_partition, image, attack, *, extra="", timeout=120, caplog=None):
+    echo = EchoVsp(plane="c")
+    syncs: dict = {}
+    cfg = PartitionConfig(image=image, cmdline=f"hostile attack={attack} {extra}", vsps=[echo],
+                          timeout=timeout,
+                          on_sync=lambda _vcpu, uc: syncs.__setitem__(uc.args[0],
+                                                                      tuple(uc.args[1:])))
+    p = make_partition(cfg)
+    r = p.run()
+    logs = [rec for rec in (caplog.records if caplog else []) if rec.name.startswith("hvkvm")]
+    return r, p, syncs, logs
+
+
+def check_cpu_survived(r, syncs, echo_ok=True) -> None:
+    assert r.passed, f"{r.status}: {r.reason}\n{r.detail}\n" + "\n".join(r.logs[-20:])
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+
+
+def test_garbage_in_every_synthetic_msr(make_partition, cpu_image, caplog):
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    r, p, syncs, logs = run_cpu(make_partition, cpu_image, "msr_garbage", caplog=caplog)
+    check_cpu_survived(r, syncs)
+    rd_ok, wr_ok, gps, locked, _page = syncs[SYNC_DONE]
+    # 256 MSRs, 12 values each: the ones hvkvm implements take what they can, the rest #GP
+    assert rd_ok == 26 and 0 < wr_ok < 256 * 12 and gps == 256 + 256 * 12 - rd_ok - wr_ok
+    assert p.hv.stats["msr_gp"] >= gps
+    assert locked == 3                     # enabled and locked; the write of 0 was ignored
+    assert len(p.hv._warned) <= 256 and len(logs) < LOG_BOUND
+
+
+def test_unknown_hypercall_codes(make_partition, cpu_image):
+    r, p, syncs, _ = run_cpu(make_partition, cpu_image, "hypercall_codes")
+    check_cpu_survived(r, syncs)
+    assert syncs[SYNC_DONE][:2] == ((0x200 - 2 + 6) * 5, 0)
+    assert p.hv.stats["bad_hypercalls"] >= (0x200 - 2 + 6) * 5
+
+
+def test_hypercall_inputs_outside_ram_or_straddling_a_page(make_partition, cpu_image):
+    r, p, syncs, _ = run_cpu(make_partition, cpu_image, "hypercall_bad_inputs")
+    check_cpu_survived(r, syncs)
+    matched, total = syncs[SYNC_DONE][:2]
+    assert matched == total == 24
+
+
+def test_mmio_to_every_unmapped_page(make_partition, cpu_image, caplog):
+    from hvkvm.partition.bus import MAX_TRACKED_ADDRESSES
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    r, p, syncs, logs = run_cpu(make_partition, cpu_image, "mmio_scan", caplog=caplog)
+    check_cpu_survived(r, syncs)
+    accesses, unexpected = syncs[SYNC_DONE][:2]
+    assert unexpected == 0 and accesses > 30000
+    bus = p.mmio_bus
+    assert bus.unmapped_reads > 15000 and bus.unmapped_writes > 15000
+    assert len(bus.unmapped) <= MAX_TRACKED_ADDRESSES
+    assert len(logs) <= MAX_TRACKED_ADDRESSES + 10
+
+
+def test_every_port(make_partition, cpu_image, caplog):
+    from hvkvm.partition.bus import MAX_TRACKED_ADDRESSES
+    caplog.set_level(logging.WARNING, logger="hvkvm")
+    r, p, syncs, logs = run_cpu(make_partition, cpu_image, "pio_scan", caplog=caplog)
+    check_cpu_survived(r, syncs)
+    reads, writes, _bytes = syncs[SYNC_DONE][:3]
+    assert reads == 0x10000 and writes > 30000
+    assert len(p.pio_bus.unmapped) <= MAX_TRACKED_ADDRESSES
+    assert len(logs) < LOG_BOUND
+
+
+def test_log_and_sync_flood_is_bounded(make_partition, cpu_image):
+    from hvkvm.partition.partition import MAX_KEPT_LOGS, MAX_KEPT_SYNCS
+    n = 30000
+    r, p, syncs, _ = run_cpu(make_partition, cpu_image, "log_flood", extra=f"count={n}")
+    check_cpu_survived(r, syncs)
+    assert syncs[SYNC_DONE][0] == n
+    assert len(r.logs) <= MAX_KEPT_LOGS + 1 and len(r.syncs) <= MAX_KEPT_SYNCS
+    assert "more LOG lines" in r.logs[-1]
+
+
+@pytest.mark.parametrize("attack,why", [
+    ("ucall_outside_ram", "outside"), ("ucall_straddle", "outside"),
+    ("ucall_bad_magic", "bad magic"), ("ucall_bad_cmd", "unknown command")])
+def test_bad_ucall_stops_the_partition(make_partition, cpu_image, attack, why):
+    r, p, syncs, _ = run_cpu(make_partition, cpu_image, attack, timeout=30)
+    assert r.status == "guest-error" and "ucall" in r.reason and why in r.reason, r.reason
+    assert r.wall_ms < 20000
+
+
+def test_triple_fault_stops_the_partition(make_partition, cpu_image):
+    r, p, syncs, _ = run_cpu(make_partition, cpu_image, "triple_fault", timeout=30)
+    assert r.status == "crash" and "triple fault" in r.reason, r.reason
+    assert r.wall_ms < 20000
+
+
+def test_halt_with_interrupts_off_stops_the_partition(make_partition, cpu_image):
+    r, p, syncs, _ = run_cpu(make_partition, cpu_image, "halt_irq_off", timeout=30)
+    assert r.status == "stopped" and "interrupts off" in r.reason, r.reason
+    assert r.wall_ms < 20000
+
+
+def test_loop_with_interrupts_off_ends_at_the_timeout_and_others_keep_running(
+        make_partition, cpu_image, vmbus_image):
+    """A vCPU that never exits (interrupts off, a jump to itself) is stopped by the run's
+    timeout; meanwhile another partition, in the same parent, runs a whole VMBus attack."""
+    import threading
+    out = {}
+
+    def spin():
+        out["spin"] = run_cpu(make_partition, cpu_image, "loop_irq_off", timeout=6)[0]
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        o = run_vmbus(make_partition, vmbus_image, "ring_bad_type")
+    finally:
+        t.join(60)
+    check_survived(o, victim_works=False)
+    r = out["spin"]
+    assert r.status == "timeout", r.reason
+    assert 5000 < r.wall_ms < 15000
