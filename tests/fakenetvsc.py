@@ -9,8 +9,6 @@ tools in a network namespace can talk to the fake guest through the TAP device.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import struct
 import time
 
@@ -503,6 +501,3 @@ class Responder:
 def eth_frame(dst: bytes, src: bytes, etype: int, payload: bytes) -> bytes:
     return dst + src + struct.pack("!H", etype) + payload
 
-
-__all__ = ["NetGuest", "Responder", "open_netvsc", "gpadl", "eth_frame", "RECV_GPA", "SEND_GPA",
-           "STAGE_GPA", "ctypes", "os"]

@@ -908,7 +908,8 @@ def test_revoked_receive_buffer_stops_the_data_path(netns, make_nic, plane):
         s.send(make_frame(1, 60))
         assert wait_for(lambda: nic.stats()["rx_dropped"] >= 1)
         # a control request now has nowhere to be answered: refused quietly, logged
-        assert g.send_rndis(struct.pack("<III", nw.RNDIS_MSG_KEEPALIVE, 12, 5)) == nw.NVSP_STAT_SUCCESS
+        keepalive = struct.pack("<III", nw.RNDIS_MSG_KEEPALIVE, 12, 5)
+        assert g.send_rndis(keepalive) == nw.NVSP_STAT_SUCCESS
         assert wait_for(lambda: nic.stats()["error_kinds"].get("no-buffer") == 1)
         assert g.xfer_packets == nic.stats()["control"] - 1   # every answer before the revoke
     finally:

@@ -172,7 +172,8 @@ def test_constants_match_c_header(tmp_path):
         elif values[n]["value"] != v & 0xFFFFFFFFFFFFFFFF:
             bad.append(f"{n}: netvsc_wire.py {v:#x}, C {values[n]['value']:#x}")
     assert not bad, f"{len(bad)} constant(s) differ:\n" + "\n".join(bad)
-    assert "NVSP_MSG1_TYPE_SEND_RNDIS_PKT" in values and "RNDIS_OID_802_3_PERMANENT_ADDRESS" in values
+    assert "NVSP_MSG1_TYPE_SEND_RNDIS_PKT" in values
+    assert "RNDIS_OID_802_3_PERMANENT_ADDRESS" in values
 
 
 def test_nvsp_versions_are_linux_6s():

@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from ..memory import PAGE_SIZE
 from ..vmbus import wire as w
 from ..vmbus.ring import (VM_PKT_COMP, VM_PKT_DATA_INBAND, VM_PKT_DATA_USING_GPA_DIRECT,
-                          VM_PKT_DATA_USING_XFER_PAGES, RingBrokenError, packet_total)
+                          RingBrokenError, packet_total)
+from ..vmbus.plane import CDataPlane, PlaneError
 from ..vmbus.ringmap import RingMapping
 from ..vmbus.server import OpenChannel, Vsp
 from . import netvsc_wire as nw
@@ -1007,24 +1008,15 @@ class CNet:
             self._n = None
 
 
-def _net_plane_class():
-    from ..vmbus.plane import CDataPlane, PlaneError
+class _NetPlane(CDataPlane):
+    """A CDataPlane whose thread is hvr_net_start()'s (the guest's ring and the TAP)."""
 
-    class NetPlane(CDataPlane):
-        """A CDataPlane whose thread is hvr_net_start()'s (guest ring + TAP)."""
-
-        def start(self) -> None:
-            from ..vmbus._hvring import lib
-            rc = lib.hvr_net_start(self._p)
-            if rc != 0:
-                raise PlaneError(f"cannot start the netvsc thread: {os.strerror(-rc)}")
-            self._started = True
-
-    return NetPlane
-
-
-def _NetPlane(*a, **kw):
-    return _net_plane_class()(*a, **kw)
+    def start(self) -> None:
+        from ..vmbus._hvring import lib
+        rc = lib.hvr_net_start(self._p)
+        if rc != 0:
+            raise PlaneError(f"cannot start the netvsc thread: {os.strerror(-rc)}")
+        self._started = True
 
 
 # ============================================================================================

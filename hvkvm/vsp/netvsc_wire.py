@@ -714,8 +714,9 @@ def _bits(name: str, spec: str) -> type:
 class ndis_tcp_ip_checksum_info(Structure):
     class _u(Union):
         _fields_ = [
-            ("transmit", _bits("_transmit", "is_ipv4:1 is_ipv6:1 tcp_checksum:1 udp_checksum:1 "
-                                            "ip_header_checksum:1 reserved:11 tcp_header_offset:10")),
+            ("transmit", _bits("_transmit",
+                               "is_ipv4:1 is_ipv6:1 tcp_checksum:1 udp_checksum:1 "
+                               "ip_header_checksum:1 reserved:11 tcp_header_offset:10")),
             ("receive", _bits("_receive", "tcp_checksum_failed:1 udp_checksum_failed:1 "
                                           "ip_checksum_failed:1 tcp_checksum_succeeded:1 "
                                           "udp_checksum_succeeded:1 ip_checksum_succeeded:1 "
