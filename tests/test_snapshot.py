@@ -33,10 +33,13 @@ def test_dirty_runs_merge_adjacent_pages_across_words():
 # -- a raw guest that dirties pages on request ------------------------------------------------------
 
 
+INC_BYTE_RDI = b"\xfe\x07\x90"    # inc byte [rdi]; nop: every write changes the page
+
+
 def dirtier(make_partition, memory=16 << 20):
-    """Raw long-mode code: SYNC 0, then ``or byte [RDI + i*RSI], 0`` for RCX pages, SYNC 1."""
-    cfg = PartitionConfig(raw=_dirty_code(), raw_gpa=CODE_GPA, raw_mode="long", memory=memory,
-                          timeout=60, on_sync=lambda i, uc: "stop")
+    """Raw long-mode code: SYNC 0, then ``inc byte [RDI + i*RSI]`` for RCX pages, SYNC 1."""
+    cfg = PartitionConfig(raw=_dirty_code(INC_BYTE_RDI), raw_gpa=CODE_GPA, raw_mode="long",
+                          memory=memory, timeout=60, on_sync=lambda i, uc: "stop")
     p = make_partition(cfg)
     p.memory.write(UCALL_READY, encode(UCALL_SYNC, (0,)))
     p.memory.write(UCALL_DONE, encode(UCALL_SYNC, (1,)))
@@ -64,6 +67,7 @@ def test_restore_copies_back_only_the_pages_the_guest_wrote(make_partition):
     snap = p.snapshot()
     before = ram_hash(p)
     dirty(p, 1024, 37, stride=3)                  # 37 scattered pages above the code
+    assert ram_hash(p) != before
     info = p.restore(snap)
     assert not info["full"]
     # ... plus the page directory, where the CPU sets the 2 MiB pages' dirty bits
@@ -71,6 +75,25 @@ def test_restore_copies_back_only_the_pages_the_guest_wrote(make_partition):
     assert ram_hash(p) == before
     dirty(p, 2048, 512)                           # one contiguous run
     assert p.restore(snap)["pages_copied"] == 512 + 1
+    assert ram_hash(p) == before
+
+
+@pytest.mark.kvm
+def test_pages_the_guest_keeps_writing_stay_writable_and_are_still_restored(make_partition):
+    p = dirtier(make_partition)
+    snap = p.snapshot()
+    before = ram_hash(p)
+    for _ in range(3):
+        dirty(p, 1024, 20)                        # the same 20 pages (+ the page directory)
+        assert ram_hash(p) != before
+        assert p.restore(snap)["pages_copied"] == 21
+        assert ram_hash(p) == before
+    kept = p._snap_tracker.previous[0].bit_count()
+    assert kept == 21
+    p.restore(snap)                               # nothing written: kept pages copied anyway
+    assert ram_hash(p) == before
+    dirty(p, 2048, 5)                             # others: copied with the kept ones
+    assert p.restore(snap)["pages_copied"] == 21 + 5
     assert ram_hash(p) == before
 
 

@@ -33,13 +33,15 @@ UCALL_DONE = 0x21000
 FRACTIONS = (0.01, 0.10, 1.00)
 
 
-def _dirty_code() -> bytes:
-    """64-bit code: SYNC 0; RCX pages from RDI, RSI apart: ``or byte [rdi], 0``; SYNC 1; hlt."""
+def _dirty_code(write: bytes = b"\x80\x0f\x00") -> bytes:
+    """64-bit code: SYNC 0; RCX pages from RDI, RSI apart: ``write`` (3 bytes; default
+    ``or byte [rdi], 0``, a write that changes nothing); SYNC 1; hlt."""
+    assert len(write) == 3
     c = bytearray()
     c += b"\xb8" + UCALL_READY.to_bytes(4, "little")    # mov eax, UCALL_READY
     c += b"\xe7\xe8"                                    # out 0xe8, eax
     loop = len(c)
-    c += b"\x80\x0f\x00"                                # 1: or byte [rdi], 0
+    c += write                                          # 1: or byte [rdi], 0
     c += b"\x48\x01\xf7"                                # add rdi, rsi
     c += b"\x48\xff\xc9"                                # dec rcx
     rel = loop - (len(c) + 2)

@@ -101,12 +101,19 @@ class Vcpu(FdOwner):
         n = ioctl(self.fd, "KVM_GET_MSRS", abi.KVM_GET_MSRS, ctypes.byref(msrs))
         return {msrs.entries[i].index: msrs.entries[i].data for i in range(n)}
 
-    def set_msrs(self, values: dict[int, int]) -> int:
-        """KVM_SET_MSRS; returns how many were set (KVM stops at the first it refuses)."""
-        msrs = abi.make_kvm_msrs(len(values))
-        for i, (idx, val) in enumerate(values.items()):
-            msrs.entries[i].index = idx
-            msrs.entries[i].data = val
+    def set_msrs(self, values) -> int:
+        """KVM_SET_MSRS; returns how many were set (KVM stops at the first it refuses).
+
+        ``values`` is a dict index -> value, or a ``struct kvm_msrs`` already filled in
+        (:func:`abi.make_kvm_msrs`) for callers that set the same list again and again.
+        """
+        if isinstance(values, dict):
+            msrs = abi.make_kvm_msrs(len(values))
+            for i, (idx, val) in enumerate(values.items()):
+                msrs.entries[i].index = idx
+                msrs.entries[i].data = val
+        else:
+            msrs = values
         return ioctl(self.fd, "KVM_SET_MSRS", abi.KVM_SET_MSRS, ctypes.byref(msrs))
 
     def get_xsave(self) -> "abi.kvm_xsave":

@@ -14,7 +14,11 @@ The first snapshot turns on dirty-page logging for every memory slot (KVM_MEM_LO
 with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 where the kernel has it, so pages are write-protected only
 from the first snapshot on) and restarts the log. :meth:`ChildPartition.restore` of the latest
 snapshot then copies back only the pages the guest wrote since (KVM_GET_DIRTY_LOG), plus the pages
-the host declared with :func:`mark_dirty`, and re-protects exactly those (KVM_CLEAR_DIRTY_LOG).
+the host declared with :func:`mark_dirty`, and re-protects those (KVM_CLEAR_DIRTY_LOG), except
+the pages the guest wrote again after an earlier restore had copied them (up to
+:data:`KEEP_WRITABLE_MAX`): those stay writable and logged as dirty, so a guest that keeps writing
+the same pages (a test's stack, its data) takes no write-protection fault for them and every
+restore copies them back.
 Restoring any other snapshot (an older one, or one loaded from a file) copies all of RAM once and
 makes it the new base.
 
@@ -56,6 +60,8 @@ MAGIC = b"HVKVMSNP"
 PAGE_SIZE = 4096
 _FULL = (1 << 64) - 1
 MSR_IA32_TSC_DEADLINE = 0x6E0
+#: Pages a restore may leave writable because the guest keeps writing them (8 MiB).
+KEEP_WRITABLE_MAX = 2048
 
 #: Exits after which KVM still has to finish the instruction on the next KVM_RUN.
 _PENDING_EXITS = {abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO, abi.KVM_EXIT_X86_RDMSR,
@@ -82,6 +88,34 @@ class VcpuState:
     events: bytes
     mp_state: int
     debugregs: bytes
+    #: ctypes structs built from the bytes on the first restore, reused by the next ones.
+    _prepared: dict | None = field(default=None, repr=False, compare=False)
+
+    def prepared(self, refused: set[int]) -> dict:
+        """The state as ready-to-pass ctypes structs (MSRs: those KVM has not refused)."""
+        prep = self._prepared
+        if prep is None or prep["refused"] != refused:
+            msrs = {i: v for i, v in self.msrs.items()
+                    if i not in refused and i != MSR_IA32_TSC_DEADLINE}
+            bulk = abi.make_kvm_msrs(len(msrs))
+            for n, (i, v) in enumerate(msrs.items()):
+                bulk.entries[n].index, bulk.entries[n].data = i, v
+            xsave = None
+            if self.xsave is not None:
+                xsave = abi.make_kvm_xsave(len(self.xsave))
+                ctypes.memmove(ctypes.addressof(xsave), self.xsave, len(self.xsave))
+            prep = self._prepared = {
+                "refused": set(refused), "msr_list": list(msrs), "msrs": bulk,
+                "regs": abi.kvm_regs.from_buffer_copy(self.regs),
+                "sregs": abi.kvm_sregs.from_buffer_copy(self.sregs),
+                "fpu": abi.kvm_fpu.from_buffer_copy(self.fpu), "xsave": xsave,
+                "xcrs": abi.kvm_xcrs.from_buffer_copy(self.xcrs) if self.xcrs else None,
+                "lapic": abi.kvm_lapic_state.from_buffer_copy(self.lapic),
+                "events": abi.kvm_vcpu_events.from_buffer_copy(self.events),
+                "debugregs": abi.kvm_debugregs.from_buffer_copy(self.debugregs),
+                "tsc_deadline": self.msrs.get(MSR_IA32_TSC_DEADLINE, 0),
+            }
+        return prep
 
     @property
     def rip(self) -> int:
@@ -114,6 +148,20 @@ class Snapshot:
     created: float = field(default_factory=time.time)
     version: int = FORMAT_VERSION
     _ram_c: object = field(default=None, repr=False)
+    _vm_prepared: tuple | None = field(default=None, repr=False)
+
+    def vm_prepared(self) -> tuple:
+        """(irqchips, pit, clock) as ctypes structs, built once."""
+        if self._vm_prepared is None:
+            clock = None
+            if self.clock is not None:
+                clock = abi.kvm_clock_data.from_buffer_copy(self.clock)
+                clock.flags = 0
+            self._vm_prepared = (
+                [abi.kvm_irqchip.from_buffer_copy(b) for b in self.irqchip],
+                abi.kvm_pit_state2.from_buffer_copy(self.pit) if self.pit is not None else None,
+                clock)
+        return self._vm_prepared
 
     def ram_address(self) -> int:
         """Host address of the snapshot's RAM copy (pinned for the snapshot's lifetime)."""
@@ -245,6 +293,9 @@ class _Tracker:
         #: memfd page numbers the host wrote since the base snapshot
         self.host_dirty: set[int] = set()
         self.msr_indices: list[int] | None = None
+        #: slot -> every page (bits of an int) the guest dirtied since the base snapshot, as seen
+        #: by the restores so far
+        self.previous: dict[int, int] = {}
         self.msr_refused: set[int] = set()
         self.image_name, self.image_sha256 = image_identity(p)
         self.xsave_size = 0
@@ -265,18 +316,29 @@ class _Tracker:
             size = 0
         self.xsave_size = size if size > ctypes.sizeof(abi.kvm_xsave) else 0
 
-    def dirty_bitmaps(self, vm, memory, clear: bool) -> list[tuple[object, bytearray]]:
-        """(region, bitmap) per region: pages the guest wrote since the last clear.
+    def dirty_bitmaps(self, vm, memory, keep_hot: bool = False) -> list[tuple[object, bytearray]]:
+        """(region, bitmap) per region: pages the guest wrote since the last clear, plus the
+        pages the host declared; the log is re-armed for the guest's pages.
 
-        ``clear`` re-protects those pages (manual mode; without it KVM_GET_DIRTY_LOG already did).
-        Host-declared pages are OR-ed in.
+        With ``keep_hot`` (restores, manual-protect mode), a page the guest writes again after an
+        earlier restore had to copy it stays writable: its bit stays set, so every restore copies
+        it back, and the guest's next write to it costs no write-protection fault. Past
+        :data:`KEEP_WRITABLE_MAX` such pages, everything is re-protected.
         """
         out = []
         for r in memory.regions:
             npages = r.size // PAGE_SIZE
             bm = vm.get_dirty_log(r.slot, npages)
-            if clear and self.manual:
-                vm.clear_dirty_log(r.slot, 0, npages, bm)
+            if self.manual:
+                cur = int.from_bytes(bm, "little")
+                keep = cur & self.previous.get(r.slot, 0) if keep_hot else 0
+                if keep and keep.bit_count() > KEEP_WRITABLE_MAX:
+                    keep = 0
+                clear = cur & ~keep
+                if clear:
+                    vm.clear_dirty_log(r.slot, 0, npages,
+                                       bytearray(clear.to_bytes(len(bm), "little")))
+                self.previous[r.slot] = (self.previous.get(r.slot, 0) | cur) if keep_hot else 0
             out.append((r, bm))
         if self.host_dirty:
             for r, bm in out:
@@ -335,6 +397,15 @@ def dirty_runs(bitmap) -> list[tuple[int, int]]:
                 if start >= 0:
                     runs.append((start, end - start))
                 start, end = base, base + 64
+            continue
+        if not w & (w - 1):  # one page in this word (the sparse case)
+            page = base + w.bit_length() - 1
+            if page == end:
+                end += 1
+            else:
+                if start >= 0:
+                    runs.append((start, end - start))
+                start, end = page, page + 1
             continue
         while w:
             low = w & -w
@@ -450,12 +521,12 @@ def quiesced(p, timeout: float = 5.0):
     From a vCPU thread of ``p`` (an ``on_sync`` callback), the other vCPUs are held and the
     caller's own vCPU is, by definition, outside KVM_RUN.
     """
-    from .partition import current_vcpu_thread
     threads = getattr(p, "_threads", None) or []
     live = [t for t in threads if t.thread is not None and t.thread.is_alive()]
     if not live:
         yield
         return
+    from .partition import current_vcpu_thread
     me = current_vcpu_thread()
     if me is not None and me.partition is not p:
         me = None
@@ -579,7 +650,7 @@ def take_snapshot(p) -> Snapshot:
         clock = bytes(p.vm.get_clock())
         serial = _serial_state(p.serial)
         # Restart the dirty log, then copy RAM: nothing runs in between.
-        t.dirty_bitmaps(p.vm, p.memory, clear=True)
+        t.dirty_bitmaps(p.vm, p.memory)
         ram = new_ram(p.memory.size)
         ranges = populated_ranges(p.memory.memfd, p.memory.size)
         snap = Snapshot(memory_size=p.memory.size, vcpus=states, irqchip=irqchip, pit=pit,
@@ -642,31 +713,34 @@ def _set_msrs(vcpu, values: dict[int, int], refused: set[int]) -> None:
 def _restore_vcpu(vcpu, st: VcpuState, t: _Tracker) -> None:
     # QEMU's order (kvm_arch_put_registers): regs, FPU, XCRs, sregs, MSRs, MP state, LAPIC, the
     # TSC deadline (the LAPIC write resets it), events, debug registers.
-    regs = abi.kvm_regs.from_buffer_copy(st.regs)
+    prep = st.prepared(t.msr_refused)
+    regs, sregs = prep["regs"], prep["sregs"]
     vcpu.set_regs(regs)
-    if st.xsave is not None:
-        buf = abi.make_kvm_xsave(len(st.xsave))
-        ctypes.memmove(ctypes.addressof(buf), st.xsave, len(st.xsave))
+    if prep["xsave"] is not None:
         try:
-            vcpu.set_xsave(buf)
+            vcpu.set_xsave(prep["xsave"])
         except KvmError:
-            vcpu.set_fpu(abi.kvm_fpu.from_buffer_copy(st.fpu))
+            vcpu.set_fpu(prep["fpu"])
     else:
-        vcpu.set_fpu(abi.kvm_fpu.from_buffer_copy(st.fpu))
-    if st.xcrs is not None:
+        vcpu.set_fpu(prep["fpu"])
+    if prep["xcrs"] is not None:
         try:
-            vcpu.set_xcrs(abi.kvm_xcrs.from_buffer_copy(st.xcrs))
+            vcpu.set_xcrs(prep["xcrs"])
         except KvmError:
             pass
-    sregs = abi.kvm_sregs.from_buffer_copy(st.sregs)
     vcpu.set_sregs(sregs)
-    _set_msrs(vcpu, st.msrs, t.msr_refused)
+    n = vcpu.set_msrs(prep["msrs"])
+    if n < len(prep["msr_list"]):
+        # KVM refused one: remember it, set the rest one list at a time.
+        _set_msrs(vcpu, {i: st.msrs[i] for i in prep["msr_list"][n:]}, t.msr_refused)
+        t.msr_refused.add(prep["msr_list"][n])
     vcpu.set_mp_state(st.mp_state)
-    vcpu.set_lapic(abi.kvm_lapic_state.from_buffer_copy(st.lapic))
-    if MSR_IA32_TSC_DEADLINE in st.msrs and MSR_IA32_TSC_DEADLINE not in t.msr_refused:
-        _set_msrs(vcpu, {MSR_IA32_TSC_DEADLINE: st.msrs[MSR_IA32_TSC_DEADLINE]}, set())
-    vcpu.set_vcpu_events(abi.kvm_vcpu_events.from_buffer_copy(st.events))
-    vcpu.set_debugregs(abi.kvm_debugregs.from_buffer_copy(st.debugregs))
+    vcpu.set_lapic(prep["lapic"])
+    if prep["tsc_deadline"] and MSR_IA32_TSC_DEADLINE not in t.msr_refused:
+        # Restoring the LAPIC disarmed the deadline timer; a zero deadline needs no write.
+        _set_msrs(vcpu, {MSR_IA32_TSC_DEADLINE: prep["tsc_deadline"]}, set())
+    vcpu.set_vcpu_events(prep["events"])
+    vcpu.set_debugregs(prep["debugregs"])
     # The sync-regs area must not carry stale values into the next entry; refresh its view.
     run = vcpu.run_struct
     run.kvm_dirty_regs = 0
@@ -697,20 +771,19 @@ def restore_snapshot(p, snap: Snapshot) -> dict:
             for off, length in _complement(snap.data_ranges, p.memory.size):
                 if not punch_hole(p.memory.memfd, off, length):
                     ctypes.memset(dst + off, 0, length)
-            t.dirty_bitmaps(p.vm, p.memory, clear=True)  # restart the log from here
+            t.dirty_bitmaps(p.vm, p.memory)  # restart the log from here
             t.base = snap
         else:
-            for r, bm in t.dirty_bitmaps(p.vm, p.memory, clear=True):
+            for r, bm in t.dirty_bitmaps(p.vm, p.memory, keep_hot=True):
                 copied += _copy_pages(r.host_addr, src + r.memfd_offset, dirty_runs(bm))
         t.host_dirty.clear()
         vm = p.vm
-        for blob in snap.irqchip:
-            vm.set_irqchip(abi.kvm_irqchip.from_buffer_copy(blob))
-        if snap.pit is not None:
-            vm.set_pit2(abi.kvm_pit_state2.from_buffer_copy(snap.pit))
-        if snap.clock is not None:
-            clock = abi.kvm_clock_data.from_buffer_copy(snap.clock)
-            clock.flags = 0
+        chips, pit, clock = snap.vm_prepared()
+        for chip in chips:
+            vm.set_irqchip(chip)
+        if pit is not None:
+            vm.set_pit2(pit)
+        if clock is not None:
             vm.set_clock(clock)
         for v, st in zip(p.vcpus, snap.vcpus):
             _restore_vcpu(v, st, t)
