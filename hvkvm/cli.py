@@ -325,7 +325,8 @@ def _snapshot_plan(args):
     elif args.snapshot_at != "done":
         raise UsageError("--snapshot-at needs --snapshot-out FILE")
     if (args.snapshot_out or args.restore) and (args.echo or args.disk or args.net):
-        raise UsageError("snapshots do not cover VMBus devices yet: drop --echo/--disk/--net")
+        raise UsageError("snapshots cover the vCPUs, irqchip, UART and RAM, not disks, NICs or "
+                         "VMBus devices: drop --echo/--disk/--net")
     if args.gdb_wait and not args.gdb:
         raise UsageError("--gdb-wait needs --gdb [HOST:]PORT")
     if args.gdb:
