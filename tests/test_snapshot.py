@@ -13,7 +13,7 @@ from hvkvm.bench.boot import CODE_GPA, UCALL_DONE, UCALL_READY, _dirty_code
 from hvkvm.guesttests import FastReset, discover, outcome, run_test
 from hvkvm.images import image_path
 from hvkvm.kvm import abi
-from hvkvm.partition.config import DeviceSpec, PartitionConfig
+from hvkvm.partition.config import PartitionConfig
 from hvkvm.partition.snapshot import (FORMAT_VERSION, Snapshot, SnapshotError, dirty_runs,
                                       mark_dirty)
 from hvkvm.partition.ucall import UCALL_SYNC, encode
