@@ -30,7 +30,7 @@ def test_dirty_runs_merge_adjacent_pages_across_words():
     assert dirty_runs(bytearray(16)) == []
 
 
-# -- a raw guest that dirties pages on request ------------------------------------------------------
+# -- a raw guest that dirties pages on request -------------------------------------------------
 
 
 INC_BYTE_RDI = b"\xfe\x07\x90"    # inc byte [rdi]; nop: every write changes the page

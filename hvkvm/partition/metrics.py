@@ -86,7 +86,7 @@ def _fmt_ns(ns: int | None) -> str:
 
 
 def format_table(metrics: dict) -> str:
-    """``hvkvm run --stats``: exits by reason and ring, then the service-time histogram, per vCPU."""
+    """``hvkvm run --stats``: exits by reason and ring, then the service-time histogram per vCPU."""
     lines = []
     for idx, m in sorted(metrics.get("vcpus", {}).items(), key=lambda kv: int(kv[0])):
         lines.append(f"vCPU{idx}: {m['total_exits']} exits")
