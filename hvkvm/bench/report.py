@@ -50,13 +50,13 @@ def run_suites(name: str, quick: bool, repeat: int | None, argv: list[str] | Non
     t0 = time.perf_counter()
     names = list(SUITES) if name == "all" else [name]
     if name == "ceilings" or name == "all" or name in NEEDS_CEILINGS:
-        doc["ceilings"] = suite_module("ceilings").run(quick=quick, repeat=repeat)
+        doc["ceilings"] = _run_one("ceilings", quick, repeat, alone=name == "ceilings")
     if name == "ceilings":
         doc.update(doc.pop("ceilings"))
         names = []
     results = {}
     for n in names:
-        results[n] = suite_module(n).run(quick=quick, repeat=repeat)
+        results[n] = _run_one(n, quick, repeat, alone=name != "all")
     if name == "all":
         doc["suites"] = results
     elif names:
@@ -66,6 +66,20 @@ def run_suites(name: str, quick: bool, repeat: int | None, argv: list[str] | Non
     return doc
 
 
+def _run_one(name: str, quick: bool, repeat: int | None, alone: bool) -> dict:
+    """One suite's section; in a run of several, a suite that fails becomes {"error": ...} and
+    the others go on (their numbers are not lost)."""
+    if alone:
+        return suite_module(name).run(quick=quick, repeat=repeat)
+    try:
+        return suite_module(name).run(quick=quick, repeat=repeat)
+    except Exception as e:  # noqa: BLE001 - recorded in the document and the report
+        import traceback
+        progress.note(f"{name}: FAILED: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()[-4000:]}
+
+
 def format_document(doc: dict) -> str:
     """The report: machine, ceilings, each suite's tables, the goals."""
     lines = [machine_line(doc["machine"]),
@@ -73,10 +87,14 @@ def format_document(doc: dict) -> str:
              f"; {'quick run (smoke test, noisy)' if doc.get('quick') else 'full run'}"]
     secs = sections(doc)
     if "ceilings" in secs:
-        lines += [suite_module("ceilings").format_report(secs["ceilings"]), ""]
+        c = secs["ceilings"]
+        lines += [f"ceilings: FAILED: {c['error']}" if "error" in c
+                  else suite_module("ceilings").format_report(c), ""]
     for n in SUITES:
         if n in secs:
-            lines += [f"== {n} ==", suite_module(n).format_report(secs[n]), ""]
+            body = (f"FAILED: {secs[n]['error']}" if "error" in secs[n]
+                    else suite_module(n).format_report(secs[n]))
+            lines += [f"== {n} ==", body, ""]
     if doc.get("goals"):
         lines += ["== goals (issue 6), against this run's own numbers ==",
                   format_goals(doc["goals"])]
@@ -92,7 +110,7 @@ def _goal(gid: str, text: str, measured, target, met, missed_by=None, note="") -
 
 def goals(doc: dict) -> list[dict]:
     """Every goal whose suite ran, against this document's numbers."""
-    secs = sections(doc)
+    secs = {k: v for k, v in sections(doc).items() if "error" not in v}
     ceil = secs.get("ceilings")
     out = []
     ex = secs.get("exits")
@@ -209,6 +227,8 @@ def all_measures(doc: dict) -> list[dict]:
     """Every comparable measure of a document."""
     out = []
     for name, sec in sections(doc).items():
+        if "error" in sec:
+            continue
         mod = suite_module(name)
         if hasattr(mod, "measures"):
             try:
