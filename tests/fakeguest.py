@@ -165,7 +165,7 @@ class FakeGuest:
         hdr.header.msgtype = w.CHANNELMSG_GPADL_HEADER
         hdr.child_relid, hdr.gpadl = offer.child_relid, gpadl
         hdr.range_buflen, hdr.rangecount = 8 + 8 * ring_pages, 1
-        first, rest = pfns[:27], pfns[27:]
+        first, rest = pfns[:26], pfns[26:]   # 20-byte header + 8-byte range + 26 PFNs = 236
         self.post(bytes(hdr) + struct.pack("<II", ring_pages * 4096, 0) +
                   struct.pack(f"<{len(first)}Q", *first))
         while rest:
