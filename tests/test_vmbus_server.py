@@ -174,3 +174,13 @@ def test_echo_planes_serve_a_fake_guest_in_a_real_partition(make_partition, plan
     if plane == "c":
         stats = echo.planes[offer.child_relid].stats
         assert stats["packets"] == 40 and stats["signals"] > 0
+
+
+def test_ring_gpadl_spanning_several_body_messages_opens_and_echoes(setup):
+    part, server, echo, guest = setup
+    (offer,) = guest.connect()
+    ch = guest.open(offer, ring_pages=130)     # 1 GPADL_HEADER + 4 GPADL_BODY messages
+    try:
+        echo_sizes(ch, [100_000, 3, 64_000])
+    finally:
+        ch.close()
