@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import wire as w
-from .gpadl import MAX_GPADLS, Gpadl, GpadlBuilder, GpadlError
+from .gpadl import MAX_GPADL_PAGES_TOTAL, MAX_GPADLS, Gpadl, GpadlBuilder, GpadlError
 
 log = logging.getLogger("hvkvm.vmbus")
 
@@ -74,6 +74,38 @@ class OpenRequest:
     userdata: bytes
 
 
+class _GpadlTable(dict):
+    """handle -> Gpadl (or GpadlBuilder), keeping the number of pages they name up to date
+    (a builder counts the most PFNs its range_buflen can carry), so the partition's total is a
+    sum over channels, not over every GPADL."""
+
+    pages = 0
+
+    @staticmethod
+    def _weight(g) -> int:
+        return g.page_count if isinstance(g, Gpadl) else g.range_buflen // 8
+
+    def __setitem__(self, key, value) -> None:
+        old = dict.get(self, key)
+        if old is not None:
+            self.pages -= self._weight(old)
+        dict.__setitem__(self, key, value)
+        self.pages += self._weight(value)
+
+    def __delitem__(self, key) -> None:
+        self.pages -= self._weight(self[key])
+        dict.__delitem__(self, key)
+
+    def pop(self, key, *default):
+        if key in self:
+            self.pages -= self._weight(self[key])
+        return dict.pop(self, key, *default)
+
+    def clear(self) -> None:
+        self.pages = 0
+        dict.clear(self)
+
+
 @dataclass
 class Channel:
     """One offered channel and its state: offered, open, or rescinded."""
@@ -85,8 +117,8 @@ class Channel:
     state: str = "offered"
     open_request: OpenRequest | None = None
     transport: object = None     # whatever open_rings returned (rings, notifier, ...)
-    gpadls: dict[int, Gpadl] = field(default_factory=dict)
-    building: dict[int, GpadlBuilder] = field(default_factory=dict)
+    gpadls: dict[int, Gpadl] = field(default_factory=_GpadlTable)
+    building: dict[int, GpadlBuilder] = field(default_factory=_GpadlTable)
 
 
 class ChannelServer:
@@ -118,6 +150,8 @@ class ChannelServer:
         self.error_count = 0
         self._logged: set[str] = set()
         self._next_relid = 1
+        #: Pages all GPADLs may name together (MAX_GPADL_PAGES_TOTAL; tests lower it).
+        self.max_gpadl_pages = MAX_GPADL_PAGES_TOTAL
 
     # -- offers (host side) ----------------------------------------------------------------
 
@@ -255,13 +289,22 @@ class ChannelServer:
         if handle == 0 or handle in self._all_gpadls():
             self._error("gpadl-dup", f"GPADL_HEADER reuses handle {handle}")
             return
-        if len(self._all_gpadls()) >= MAX_GPADLS:
+        everything = self._all_gpadls()
+        if len(everything) >= MAX_GPADLS:
             self._error("gpadl-many", f"more than {MAX_GPADLS} GPADLs")
+            self._refuse_gpadl(ch, handle)
             return
         fixed = ctypes.sizeof(w.vmbus_channel_gpadl_header)
         if msg.range_buflen < 8 + 8 or msg.rangecount == 0:
             self._error("gpadl-len", f"GPADL {handle}: range_buflen {msg.range_buflen}, "
                                      f"rangecount {msg.rangecount}")
+            return
+        # At most range_buflen / 8 PFNs can arrive: count them against the partition's limit now.
+        held = sum(c.gpadls.pages + c.building.pages for c in self.channels.values())
+        if held + msg.range_buflen // 8 > self.max_gpadl_pages:
+            self._error("gpadl-pages", f"GPADL {handle}: its pages and the {held} the partition's "
+                                       f"GPADLs hold exceed {self.max_gpadl_pages}")
+            self._refuse_gpadl(ch, handle)
             return
         b = GpadlBuilder(handle, ch.relid, msg.rangecount, msg.range_buflen)
         b.add(raw[fixed:])
@@ -269,6 +312,14 @@ class ChannelServer:
             self._finish_gpadl(ch, b)
         else:
             ch.building[handle] = b
+
+    def _refuse_gpadl(self, ch: Channel, handle: int) -> None:
+        created = w.vmbus_channel_gpadl_created()
+        created.header.msgtype = w.CHANNELMSG_GPADL_CREATED
+        created.child_relid = ch.relid
+        created.gpadl = handle
+        created.creation_status = STATUS_UNSUCCESSFUL
+        self.send(bytes(created))
 
     def _on_gpadl_body(self, conn, msg, raw) -> None:
         for ch in self.channels.values():

@@ -20,6 +20,10 @@ PAGE_SIZE = 4096
 MAX_GPADL_PAGES = 1 << 18
 #: Upper bound on concurrent GPADLs per channel server.
 MAX_GPADLS = 4096
+#: Upper bound on the pages all of a channel server's GPADLs (complete or still arriving) may
+#: name together (4 GiB of guest memory): a guest may name the same page in every GPADL, and
+#: without this 4096 GPADLs of 8190 PFNs each would make the parent hold ~1.2 GB of PFN lists.
+MAX_GPADL_PAGES_TOTAL = 1 << 20
 
 
 class GpadlError(ValueError):
