@@ -236,6 +236,26 @@ def test_thousands_of_gpadls_hit_the_limit(make_partition, vmbus_image, caplog):
     assert len(o.logs) < LOG_BOUND
 
 
+def test_gpadls_naming_too_many_pages_are_refused(make_partition, vmbus_image, caplog):
+    """GPADLs of 8190 PFNs (the most a GPADL_HEADER's range_buflen can announce), all naming
+    the same page: the partition's GPADLs may name MAX_GPADL_PAGES_TOTAL pages together (lowered
+    here to 30000), the rest is refused with GPADL_CREATED failures."""
+    caplog.set_level(logging.INFO, logger="hvkvm")
+
+    def lower(p):
+        p.vmbus.channels.max_gpadl_pages = 30000
+
+    o = run_vmbus(make_partition, vmbus_image, "gpadl_thousands", extra="count=6 pfns=8190",
+                  before_run=lower, caplog=caplog)
+    check_survived(o, victim_works=True)
+    ok, refused, _last = o.syncs[SYNC_DONE][:3]
+    assert ok == 6 * (1 + 292 + 1) and refused == 0
+    assert any("exceed 30000" in r.getMessage() for r in o.logs)
+    cs = o.p.vmbus.channels
+    assert sum(ch.gpadls.pages + ch.building.pages for ch in cs.channels.values()) <= 30000
+    assert len(o.logs) < LOG_BOUND
+
+
 # ---- channel messages -------------------------------------------------------------------------
 
 def test_unknown_message_types_are_refused(make_partition, vmbus_image):

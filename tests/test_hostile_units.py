@@ -69,3 +69,106 @@ def test_untouched_gpa_ranges_still_read_fine():
     pkt = inr.read()
     assert [(g.byte_count, g.byte_offset, g.pfns) for g in pkt.gpa_ranges] == \
         [(100, 0, (5,)), (8192, 4, (6, 7, 8))]
+
+
+# ---- GPADL limits (ChannelServer, no KVM) -------------------------------------------------------
+
+def _gpadl_server():
+    import uuid
+
+    from hvkvm.vmbus import wire as w
+    from hvkvm.vmbus.channels import ChannelServer, Offer
+    sent = []
+    cs = ChannelServer(sent.append, lambda gpa, n: 0 <= gpa and gpa + n <= 64 << 20, 1)
+    cs.add_offer(Offer(uuid.uuid4(), uuid.uuid4()))
+    m = w.vmbus_channel_initiate_contact()
+    m.header.msgtype = w.CHANNELMSG_INITIATE_CONTACT
+    m.vmbus_version_requested = w.VERSION_WIN10_V5_3
+    m.msg_sint = 2
+    cs.handle_message(4, bytes(m))
+    sent.clear()
+    return cs, sent
+
+
+def _big_gpadl(cs, handle, npfn, pfn=5):
+    """GPADL_HEADER + GPADL_BODYs naming page `pfn` npfn times (Linux's split: 26, then 28)."""
+    import struct
+
+    from hvkvm.vmbus import wire as w
+    hdr = w.vmbus_channel_gpadl_header()
+    hdr.header.msgtype = w.CHANNELMSG_GPADL_HEADER
+    hdr.child_relid, hdr.gpadl = 1, handle
+    hdr.range_buflen, hdr.rangecount = 8 + 8 * npfn, 1
+    first = min(npfn, 26)
+    cs.handle_message(4, bytes(hdr) + struct.pack("<II", npfn * PAGE, 0) +
+                      struct.pack(f"<{first}Q", *[pfn] * first))
+    left = npfn - first
+    while left > 0:
+        n = min(left, 28)
+        body = w.vmbus_channel_gpadl_body()
+        body.header.msgtype = w.CHANNELMSG_GPADL_BODY
+        body.gpadl = handle
+        cs.handle_message(4, bytes(body) + struct.pack(f"<{n}Q", *[pfn] * n))
+        left -= n
+
+
+def _created(sent):
+    """(handle, creation_status) of every GPADL_CREATED sent."""
+    import struct
+
+    from hvkvm.vmbus import wire as w
+    return [struct.unpack_from("<II", m, 12) for m in sent
+            if struct.unpack_from("<I", m)[0] == w.CHANNELMSG_GPADL_CREATED]
+
+
+def test_gpadl_pages_are_limited_per_partition():
+    """The same page named 8190 times per GPADL: without a limit on the pages all GPADLs name
+    together, 4096 such GPADLs would make the parent hold ~1.2 GB of PFN lists."""
+    from hvkvm.vmbus.gpadl import MAX_GPADL_PAGES_TOTAL
+    cs, sent = _gpadl_server()
+    assert cs.max_gpadl_pages == MAX_GPADL_PAGES_TOTAL
+    cs.max_gpadl_pages = 30000
+    for h in range(1, 7):
+        _big_gpadl(cs, h, 8190)
+    created = _created(sent)
+    assert [status == 0 for _h, status in created] == [True] * 3 + [False] * 3
+    held = sum(g.page_count for ch in cs.channels.values() for g in ch.gpadls.values())
+    assert held == 3 * 8190 <= cs.max_gpadl_pages
+    assert "gpadl-pages" in cs._logged and cs.error_count > 3 * 292
+    # tearing one down makes room again
+    import struct
+
+    from hvkvm.vmbus import wire as w
+    cs.handle_message(4, struct.pack("<IIII", w.CHANNELMSG_GPADL_TEARDOWN, 0, 1, 1))
+    sent.clear()
+    _big_gpadl(cs, 100, 8190)
+    assert _created(sent) == [(100, 0)]
+
+
+def test_gpadls_still_arriving_count_against_the_limit():
+    cs, sent = _gpadl_server()
+    cs.max_gpadl_pages = 20000
+    import struct
+
+    from hvkvm.vmbus import wire as w
+    for h in range(1, 4):   # headers announcing 8190 PFNs each, bodies never sent
+        hdr = w.vmbus_channel_gpadl_header()
+        hdr.header.msgtype = w.CHANNELMSG_GPADL_HEADER
+        hdr.child_relid, hdr.gpadl = 1, h
+        hdr.range_buflen, hdr.rangecount = 8 + 8 * 8190, 1
+        cs.handle_message(4, bytes(hdr) + struct.pack("<IIQ", 8190 * PAGE, 0, 5))
+    assert len(cs.channels[1].building) == 2
+    assert _created(sent)[-1][0] == 3 and _created(sent)[-1][1] != 0
+
+
+def test_gpadl_count_limit_is_answered(monkeypatch):
+    """A GPADL past the count limit is refused with a GPADL_CREATED failure (not left
+    unanswered: a Linux guest would wait for it forever)."""
+    from hvkvm.vmbus import channels
+    monkeypatch.setattr(channels, "MAX_GPADLS", 50)
+    MAX_GPADLS = 50
+    cs, sent = _gpadl_server()
+    for h in range(1, MAX_GPADLS + 3):
+        _big_gpadl(cs, h, 1)
+    statuses = [status for _h, status in _created(sent)]
+    assert statuses.count(0) == MAX_GPADLS and len(statuses) == MAX_GPADLS + 2

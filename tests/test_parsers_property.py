@@ -160,6 +160,7 @@ class _Harness:
         self.open_status = open_status
         self.cs = ChannelServer(self._send, ram_contains, 2, open_rings=self._open,
                                 close_rings=lambda ch: None)
+        self.cs.max_gpadl_pages = 100   # small: the limit is reached in a few messages
         self.relids = [self.cs.add_offer(Offer(uuid.uuid4(), uuid.uuid4(), b"x" * i)).relid
                        for i in range(3)]
 
@@ -178,6 +179,12 @@ class _Harness:
         assert len(cs._logged) <= 256
         everything = cs._all_gpadls()
         assert len(everything) <= MAX_GPADLS
+        held = 0
+        for ch in cs.channels.values():
+            assert ch.gpadls.pages == sum(g.page_count for g in ch.gpadls.values())
+            assert ch.building.pages == sum(b.range_buflen // 8 for b in ch.building.values())
+            held += ch.gpadls.pages + ch.building.pages
+        assert held <= cs.max_gpadl_pages
         for ch in cs.channels.values():
             assert ch.state in ("offered", "open", "rescinded")
             assert not (set(ch.gpadls) & set(ch.building))
