@@ -416,6 +416,7 @@ def test_lifecycle_through_the_api(svc, idle_image):
     st = c.stats("life")
     assert st["serial"]["tx_bytes"] > tx
     assert st["exits_total"] > 0 and st["exit_totals"]["io"]["ring0"] > 0
+    assert st["exit_metrics"]      # per-vCPU service-time histograms through the API
     assert st["cpu"]["total_s"] > 0 and st["rss_bytes"] > MEM // 4 and st["pid"] == pid
 
     vm = c.stop("life", timeout=5)

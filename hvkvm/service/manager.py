@@ -680,7 +680,7 @@ def _summary(result: dict) -> dict:
     """The parts of a final result worth keeping in the runtime record and events."""
     keep = ("status", "reason", "detail", "guest_code", "wall_ms", "exit_totals", "symbol",
             "registers", "backtrace", "assert", "state", "ended", "serial_tail", "stats",
-            "instance")
+            "instance", "exit_metrics")
     out = {k: result[k] for k in keep if k in result}
     if isinstance(out.get("detail"), str):
         out["detail"] = out["detail"][-4000:]

@@ -521,6 +521,11 @@ class Worker:
             vcpus[str(th.index)] = {"state": th.state, "held": th.held}
         out["exits"], out["exit_totals"], out["vcpus"] = exits, totals, vcpus
         out["exits_total"] = sum(v["ring0"] + v["ring3"] for v in totals.values())
+        if part is not None and hasattr(part, "exit_metrics"):
+            try:
+                out["exit_metrics"] = part.exit_metrics()   # per-vCPU service-time histograms
+            except Exception:  # a metrics read must never break a stats request
+                log.debug("exit metrics unavailable", exc_info=True)
         if part is not None and part.serial is not None:
             s = part.serial
             out["serial"] = {"tx_bytes": s.tx_bytes, "rx_bytes": s.rx_bytes,
