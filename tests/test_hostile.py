@@ -467,3 +467,111 @@ def test_loop_with_interrupts_off_ends_at_the_timeout_and_others_keep_running(
     r = out["spin"]
     assert r.status == "timeout", r.reason
     assert 5000 < r.wall_ms < 15000
+
+
+# ---- storvsc and netvsc -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dev_image():
+    return str(images.image_path("hostile_dev"))
+
+
+def run_dev(make_partition, image, attack, *, disk=None, plane="c", extra="", timeout=120,
+            caplog=None):
+    from hvkvm.vsp.netvsc import NetvscVsp
+    from hvkvm.vsp.storvsc import StorvscVsp
+    vsps = [EchoVsp(plane="c")]
+    stor = net = None
+    if disk is not None:
+        stor = StorvscVsp(disk, plane=plane)
+        vsps.append(stor)
+    else:
+        net = NetvscVsp(None, plane=plane)
+        vsps.append(net)
+    syncs: dict = {}
+    cfg = PartitionConfig(image=image, cmdline=f"hostile attack={attack} {extra}", vsps=vsps,
+                          timeout=timeout,
+                          on_sync=lambda _vcpu, uc: syncs.__setitem__(uc.args[0],
+                                                                      tuple(uc.args[1:])))
+    p = make_partition(cfg)
+    r = p.run()
+    logs = [rec for rec in (caplog.records if caplog else []) if rec.name.startswith("hvkvm")]
+    return r, p, syncs, stor, net, logs
+
+
+@pytest.fixture
+def disk(hvkvm_disk):
+    from hvkvm.vsp.disk import Disk
+    d = Disk(hvkvm_disk("4M"))
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_storvsc_requests_that_disagree_with_themselves(make_partition, dev_image, disk, plane,
+                                                        caplog):
+    """Transfer lengths that disagree with the PFN list or the CDB, PFNs outside RAM or
+    straddling its end, LBAs past the disk (and wrapping 2^64), CDB lengths 0/17/255 and too short
+    for the opcode, missing LUNs, bad UNMAP lists, operations not served, short packets."""
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    r, p, syncs, stor, _net, logs = run_dev(make_partition, dev_image, "stor_requests",
+                                            disk=disk, plane=plane, caplog=caplog)
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    matched, n, mask = syncs[SYNC_DONE][:3]
+    assert matched == n == 44 and mask == 0
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    assert len(logs) < LOG_BOUND
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_synchronize_cache_storm(make_partition, dev_image, disk, plane):
+    n = 2000
+    r, p, syncs, stor, _net, _ = run_dev(make_partition, dev_image, "stor_sync_storm",
+                                         disk=disk, plane=plane, extra=f"count={n}")
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    done, errors, _us = syncs[SYNC_DONE][:3]
+    assert (done, errors) == (n, 0)
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    stats = next(iter(stor.stats().values()))
+    assert stats["flushes" if plane == "c" else "srbs"] >= n
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_storvsc_range_without_enough_pfns_breaks_the_channel(make_partition, dev_image, disk,
+                                                               plane):
+    r, p, syncs, stor, _net, _ = run_dev(make_partition, dev_image, "stor_pfn_count_mismatch",
+                                         disk=disk, plane=plane)
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    assert syncs[SYNC_DONE][0] == 0                      # no completion: the ring is broken
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    ch = next(iter(stor.channels.values()))
+    if plane == "python":
+        assert ch.broken and "GPA ranges" in ch.broken
+        assert any("GPA ranges" in e for e in p.vmbus.errors)
+    else:
+        assert ch.plane.error == -4 and ch.plane._p.broken == 7   # EBROKEN, GPA ranges
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_netvsc_rndis_with_bad_sections_lengths_frames_and_ranges(make_partition, dev_image,
+                                                                   plane, caplog):
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    r, p, syncs, _stor, net, logs = run_dev(make_partition, dev_image, "net_requests",
+                                            plane=plane, caplog=caplog)
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    matched, n, mask = syncs[SYNC_DONE][:3]
+    assert matched == n and mask == 0
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    totals = net.totals()
+    assert totals["errors"] >= 50 + n - 3     # forged completions and refused messages, each
+    assert len(logs) < LOG_BOUND
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_netvsc_receive_buffer_pulled_from_under_the_parent(make_partition, dev_image, plane):
+    r, p, syncs, _stor, net, _ = run_dev(make_partition, dev_image, "net_recv_buffer_pulled",
+                                         plane=plane)
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    matched, n, mask = syncs[SYNC_DONE][:3]
+    assert matched == n and mask == 0
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)

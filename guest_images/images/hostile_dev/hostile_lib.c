@@ -1,0 +1,1 @@
+../hostile_vmbus/hostile_lib.c

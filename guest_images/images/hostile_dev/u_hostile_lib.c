@@ -1,0 +1,1 @@
+../hostile_vmbus/u_hostile_lib.c
