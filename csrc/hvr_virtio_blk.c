@@ -98,6 +98,8 @@ struct hvr_vblk_stats {
 	uint64_t batches;               /* ring scans that found requests */
 	uint64_t bounced;               /* O_DIRECT requests through the bounce buffer */
 	uint64_t config_interrupts;     /* configuration-change interrupts (broken) */
+	uint64_t last_irq;              /* the last used-buffer interrupt: used idx | event << 16
+					 * (EVENT_IDX) | avail flags << 32 */
 };
 
 struct vq_desc {
@@ -462,6 +464,7 @@ static void publish_used(struct hvr_vblk *p, uint16_t head, uint32_t written)
 	uint16_t old = p->used_idx;
 	volatile struct vq_used_elem *e = &p->used_ring[old % p->num];
 	int need;
+	uint16_t ev = 0, flags = 0;
 
 	e->id = head;
 	e->len = written;
@@ -469,12 +472,16 @@ static void publish_used(struct hvr_vblk *p, uint16_t head, uint32_t written)
 	__atomic_store_n(&p->used_hdr[1], p->used_idx, __ATOMIC_RELEASE);
 	/* the driver stores used_event then loads used->idx; we store idx then load used_event */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (p->event_idx)
-		need = need_event(load16(&p->avail[2 + p->num]), p->used_idx, old);
-	else
-		need = !(load16(&p->avail[0]) & VIRTQ_AVAIL_F_NO_INTERRUPT);
+	if (p->event_idx) {
+		ev = load16(&p->avail[2 + p->num]);
+		need = need_event(ev, p->used_idx, old);
+	} else {
+		flags = load16(&p->avail[0]);
+		need = !(flags & VIRTQ_AVAIL_F_NO_INTERRUPT);
+	}
 	if (need) {
 		p->stats.interrupts++;
+		p->stats.last_irq = p->used_idx | (uint64_t)ev << 16 | (uint64_t)flags << 32;
 		raise_irq(p, HVR_VBLK_ISR_USED);
 	} else {
 		p->stats.interrupts_suppressed++;

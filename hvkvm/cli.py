@@ -73,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="offer hvkvm's VMBus echo device (data plane c or python; default c)")
     run.add_argument("--strict-io", action="store_true",
                      help="an unmapped port or MMIO access stops the guest")
-    run.add_argument("--disk", action="append", default=[], metavar="FILE[,ro][,direct]",
-                     help="offer a raw disk image on a synthetic SCSI controller (storvsc); "
-                          "repeat for more disks (one controller each)")
+    run.add_argument("--disk", action="append", default=[],
+                     metavar="FILE[,ro][,direct][,bus=vmbus|virtio|ata|mmio]",
+                     help="offer a raw disk image: on a synthetic SCSI controller (storvsc, "
+                          "bus=vmbus, the default; one controller each), as virtio-blk on "
+                          "virtio-mmio (bus=virtio, C data plane; up to 8, placed and announced "
+                          "on the command line as QEMU's microvm does), as the ATA PIO disk "
+                          "(bus=ata, one) or as the doorbell MMIO disk (bus=mmio, one); repeat "
+                          "for more disks")
     run.add_argument("--net", action="append", default=[],
                      metavar="tap=NAME[,mac=MAC][,netns=NS][,vnet_hdr]",
                      help="offer a synthetic NIC (netvsc) on TAP device NAME, opened or created "
@@ -165,19 +170,67 @@ def _open_serial(arg: str, json_mode: bool):
         raise UsageError(f"cannot open serial output {arg}: {e.strerror}") from None
 
 
-def _open_disks(specs: list[str]) -> list:
-    """Open every ``--disk FILE[,ro][,direct]``; UsageError (one line) on the first bad one."""
+DISK_BUSES = ("vmbus", "virtio", "ata", "mmio")
+
+
+def _disk_bus(spec: str) -> tuple[str, str]:
+    """``FILE[,opts][,bus=B]`` -> (the spec without ``bus=``, B); UsageError for an unknown bus."""
+    parts = spec.split(",")
+    bus = "vmbus"
+    keep = [parts[0]]
+    for o in parts[1:]:
+        if o.startswith("bus="):
+            bus = o[4:]
+            if bus not in DISK_BUSES:
+                raise UsageError(f"--disk {spec!r}: unknown bus {bus!r} "
+                                 f"(use {', '.join(DISK_BUSES)})")
+        else:
+            keep.append(o)
+    return ",".join(keep), bus
+
+
+def _open_disks(specs: list[str], buses: list | None = None) -> list:
+    """Open every ``--disk FILE[,ro][,direct][,bus=B]``; UsageError (one line) on the first bad
+    one. ``buses``, when given, receives each disk's bus."""
     from .vsp.disk import Disk, DiskError, parse_disk_spec
     disks = []
     try:
         for spec in specs:
-            path, readonly, direct = parse_disk_spec(spec)
+            rest, bus = _disk_bus(spec)
+            path, readonly, direct = parse_disk_spec(rest)
             disks.append(Disk(path, readonly=readonly, direct=direct))
-    except DiskError as e:
+            if buses is not None:
+                buses.append(bus)
+    except (DiskError, UsageError) as e:
         for d in disks:
             d.close()
         raise UsageError(str(e)) from None
     return disks
+
+
+def _bus_devices(disks: list, buses: list[str]) -> tuple[list, list[str]]:
+    """PartitionConfig devices and guest command-line keys of the disks not on the VMBus."""
+    from .vsp import ata, mmioblk, virtio_blk
+    devices, keys, kinds = [], [], set()
+    n_virtio = 0
+    for d, bus in zip(disks, buses):
+        if bus == "vmbus":
+            continue
+        if bus == "virtio":
+            if n_virtio >= virtio_blk.VIRTIO_MMIO_SLOTS:
+                raise UsageError(f"at most {virtio_blk.VIRTIO_MMIO_SLOTS} virtio disks")
+            kw, k = virtio_blk.devices_for(d, "c", index=n_virtio)
+            n_virtio += 1
+        elif bus in kinds:
+            raise UsageError(f"only one disk can be on bus={bus}")
+        elif bus == "ata":
+            kw, k = ata.devices_for(d, "python")
+        else:
+            kw, k = mmioblk.devices_for(d, "python")
+        kinds.add(bus)
+        devices += kw["devices"]
+        keys += [x for x in k if x not in keys]
+    return devices, keys
 
 
 def _open_taps(specs: list[str]) -> list:
@@ -238,7 +291,23 @@ def cmd_run(args) -> int:
         name = args.image if not os.path.exists(args.image) else \
             os.path.splitext(os.path.basename(args.image))[0]
         cmdline = name + (f" cpus={args.vcpus}" if args.vcpus > 1 else "")
-    disks = _open_disks(args.disk)
+    buses: list[str] = []
+    disks = _open_disks(args.disk, buses)
+    try:
+        bus_devices, bus_keys = _bus_devices(disks, buses)
+    except (UsageError, ValueError, OSError) as e:
+        for d in disks:
+            d.close()
+        raise UsageError(str(e)) from None
+    # Where the guest finds its virtio-mmio devices (as QEMU's microvm appends it); and, with the
+    # image's default command line, which driver to use when every disk is on one other bus.
+    kinds = set(buses)
+    for key in bus_keys:
+        if key.startswith("dev="):
+            if args.cmdline is None and len(kinds) == 1:
+                cmdline += " " + key
+        else:
+            cmdline += " " + key
     try:
         taps = _open_taps(args.net)
     except UsageError:
@@ -257,11 +326,12 @@ def cmd_run(args) -> int:
     if args.echo:
         from .vsp.echo import EchoVsp
         vsps.append(EchoVsp(plane=args.echo))
-    vsps += _storage_vsps(disks, args.dataplane)
+    vsps += _storage_vsps([d for d, b in zip(disks, buses) if b == "vmbus"], args.dataplane)
     vsps += _net_vsps(taps, args.dataplane)
     cfg = PartitionConfig(image=path, memory=args.memory, vcpus=args.vcpus, cmdline=cmdline,
                           serial_out=out, timeout=args.timeout, strict_io=args.strict_io,
-                          serial_stdin=sys.stdin.isatty() and not args.json, vsps=vsps)
+                          serial_stdin=sys.stdin.isatty() and not args.json, vsps=vsps,
+                          devices=bus_devices)
     try:
         try:
             cfg.validate()

@@ -26,8 +26,10 @@
  *      vring_need_event(avail_event, new, old) says so (EVENT_IDX) or the device has not set
  *      VRING_USED_F_NO_NOTIFY. Completions: used ring entries with a known, busy head; the
  *      status byte (OK, IOERR, UNSUPP) and the used length (data + 1 for reads) are checked.
- *   4. Interrupts: polling (ring 3, or ring 0 with poll) keeps them off: used_event just behind
- *      the last completion taken (EVENT_IDX) or VRING_AVAIL_F_NO_INTERRUPT. A ring-0 wait
+ *   4. Interrupts: polling (ring 3, or ring 0 with poll) keeps them off: used_event half the
+ *      index space past the last completion taken, rewritten at every reap (EVENT_IDX; "just
+ *      behind" would race with the device deciding about the entry just taken), or
+ *      VRING_AVAIL_F_NO_INTERRUPT. A ring-0 wait
  *      publishes used_event = the next completion (or clears NO_INTERRUPT), re-checks the used
  *      ring and sleeps in `sti; hlt`; the handler reads InterruptStatus, writes InterruptACK,
  *      and on a configuration change reads Status for DEVICE_NEEDS_RESET (the device is then

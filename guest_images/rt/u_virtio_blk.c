@@ -29,8 +29,11 @@ static void desc_free(struct virtio_blk_dev *d, uint16_t i)
 void virtio_blk_irq_off(struct virtio_blk_dev *d)
 {
 	if (d->event_idx)
-		/* "interrupt me for the entry I already took": never true until it is moved */
-		__atomic_store_n(d->used_event, (uint16_t)(d->last_used - 1), __ATOMIC_RELAXED);
+		/* Half the index space away from anything the device can be publishing: the device
+		 * is never more than a queue ahead of what was taken, and may still be deciding about
+		 * the entry just taken (so last_used - 1 would fire now and then). Rewritten at every
+		 * reap, so it never comes into range. */
+		__atomic_store_n(d->used_event, (uint16_t)(d->last_used + 0x8000), __ATOMIC_RELAXED);
 	else
 		__atomic_store_n(&d->avail->flags, VIRTQ_AVAIL_F_NO_INTERRUPT, __ATOMIC_RELAXED);
 }
@@ -223,7 +226,7 @@ int virtio_blk_reap(struct virtio_blk_dev *d, struct blk_completion *c, unsigned
 		complete_one(d, (uint16_t)id, len, &c[n++]);
 	}
 	if (d->event_idx)
-		virtio_blk_irq_off(d); /* keep used_event just behind what was taken */
+		virtio_blk_irq_off(d); /* keep used_event out of the device's range */
 	return (int)n;
 }
 

@@ -133,8 +133,9 @@ BROKEN_REASONS = {
 }
 
 
-class VirtioBlkError(Exception):
-    """The C data plane cannot be built or loaded (one line)."""
+class VirtioBlkError(ValueError):
+    """The C data plane cannot be built or loaded (one line; a ValueError, so the partition's
+    callers report it as a configuration that cannot work)."""
 
 
 def slot_address(slot: int) -> tuple[int, int]:
@@ -156,7 +157,7 @@ class Stats(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in (
         "requests", "reads", "writes", "flushes", "get_ids", "unsupported", "io_errors",
         "bytes_read", "bytes_written", "notifies", "sleeps", "interrupts",
-        "interrupts_suppressed", "batches", "bounced", "config_interrupts")]
+        "interrupts_suppressed", "batches", "bounced", "config_interrupts", "last_irq")]
 
 
 _SOURCE = Path(__file__).resolve().parent.parent.parent / "csrc" / "hvr_virtio_blk.c"
@@ -280,6 +281,8 @@ class VirtioBlkDevice:
                          "plane_starts": 0}
         #: Why the control plane refused the driver (queue outside RAM, ...), or None.
         self.control_error: str | None = None
+        #: The feature set the driver last got FEATURES_OK for (kept across resets).
+        self.negotiated = 0
         self.last_stats: dict = {}
         self._reset_state()
 
@@ -478,6 +481,8 @@ class VirtioBlkDevice:
                 log.info("%s: driver features %#x refused (offer %#x, VERSION_1 required)",
                          self.name, drv, self.features)
                 v &= ~STATUS_FEATURES_OK
+            else:
+                self.negotiated = drv
         self.status = v & ~STATUS_NEEDS_RESET
         if v & STATUS_DRIVER_OK and not old & STATUS_DRIVER_OK:
             self._maybe_start()
@@ -548,7 +553,8 @@ class VirtioBlkDevice:
 
     def stats(self) -> dict:
         """Counters: the C plane's (requests, reads, writes, notifies = guest kicks, interrupts,
-        interrupts_suppressed, sleeps, ...), the control plane's, and ``broken``."""
+        interrupts_suppressed, sleeps, last_irq, ...), the control plane's, ``status``,
+        ``features`` (the last feature set negotiated) and ``broken``."""
         with self._lock:
             if self._p is None:
                 return dict(self.last_stats)
@@ -563,7 +569,7 @@ class VirtioBlkDevice:
             idx = self._lib.hvr_vblk_indexes(self._p)
             out["last_avail"], out["used_idx"] = idx & 0xFFFF, idx >> 16
         out["status"] = self.status
-        out["features"] = self.driver_features
+        out["features"] = self.negotiated
         out["broken"] = self._broken_text_locked()
         return out
 
