@@ -55,14 +55,15 @@ esac
     exit 1
 }
 export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"
-python3 - <<'EOF'
+cd "$src"   # from here on, nothing of the developer's tree is imported
+ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$libasan:$libubsan" python3 - <<'EOF'
 import hvkvm.vmbus._hvring as m, os, sys
 src = os.environ["PYTHONPATH"].split(":")[0]
 if not m.__file__.startswith(src):
     sys.exit(f"sanitize: Python imports {m.__file__}, not the copy in {src}")
 print(f"sanitize: extension {m.__file__}")
 EOF
-if ! nm -D "$src"/hvkvm/vmbus/_hvring*.so | grep -q __asan_init; then
+if ! nm -D "$src"/hvkvm/vmbus/_hvring*.so | grep __asan_init >/dev/null; then
     echo "sanitize: the extension is not instrumented (no __asan_init)" >&2
     exit 1
 fi
@@ -85,7 +86,7 @@ fi
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:handle_segv=1:allow_user_segv_handler=1:log_path=$work/reports/asan:log_exe_name=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/ubsan"
 rc=0
-(cd "$src" && LD_PRELOAD="$libasan:$libubsan" python3 -m pytest -p no:cacheprovider -q "$@") || rc=$?
+LD_PRELOAD="$libasan:$libubsan" python3 -m pytest -p no:cacheprovider -q "$@" || rc=$?
 t_end=$(date +%s)
 
 reports=$(find "$work/reports" -type f | wc -l)
