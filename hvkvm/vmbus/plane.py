@@ -93,6 +93,20 @@ class CDataPlane:
         """Why the plane stopped on its own (a negative hvr status), 0 while it runs."""
         return self._p.error
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the plane stopped on its own, in words (None while it serves the channel)."""
+        err = self._p.error
+        if not err:
+            return None
+        if err == lib.HVR_EBROKEN:
+            from .ring import BROKEN_REASONS
+            b = self._p.broken
+            return f"the guest corrupted the ring (bad {BROKEN_REASONS.get(b, f'reason {b}')})"
+        if err == lib.HVR_EINVAL:
+            return "a request whose answer can never fit the guest's ring"
+        return f"error {err}"
+
     def close(self) -> None:
         """Stop the thread, unbind the irqfd and free the route. Safe to call twice."""
         if self._closed:
@@ -100,6 +114,15 @@ class CDataPlane:
         self._closed = True
         if getattr(self, "_p", None) is not None:
             lib.hvr_plane_stop(self._p)
+            why = self.stop_reason
+            if why is not None:
+                # The thread stopped serving the channel on its own: say why in the partition's
+                # channel errors (the VM Service's event log reads them).
+                try:
+                    self.channel.server.channels._error(
+                        "plane-stopped", f"relid {self.channel.relid}: data plane stopped: {why}")
+                except AttributeError:
+                    pass
         hv = self.partition.hv
         if self._sint_changed in hv.sint_listeners:
             hv.sint_listeners.remove(self._sint_changed)
