@@ -119,6 +119,9 @@ def check_victim_broken(o: Outcome, plane: str, reason: str) -> None:
         from hvkvm.vmbus.ring import BROKEN_REASONS
         assert o.plane_state.get("error") == -4, o.plane_state          # HVR_EBROKEN
         assert BROKEN_REASONS.get(o.plane_state["broken"]) == reason, o.plane_state
+        # ... and said so when the channel was closed
+        assert o.error_matching(f"relid 1: data plane stopped: the guest corrupted the ring "
+                                f"(bad {reason})"), o.errors
 
 
 PLANES = ["c", "python"]
@@ -167,6 +170,8 @@ def test_reply_that_never_fits_stops_the_channel_with_a_reason(make_partition, v
     check_survived(o, victim_works=False)
     if plane == "c":
         assert o.plane_state["error"] == -3                              # HVR_EINVAL
+        assert o.error_matching("relid 1: data plane stopped: a request whose answer can never "
+                                "fit"), o.errors
     else:
         assert o.victim.broken and "never fits" in o.victim.broken, o.victim.broken
         assert o.error_matching("relid 1:"), o.errors
@@ -174,18 +179,20 @@ def test_reply_that_never_fits_stops_the_channel_with_a_reason(make_partition, v
 
 
 @pytest.mark.parametrize("plane", PLANES)
+@pytest.mark.parametrize("flip", [0, 1], ids=["every-field", "gpa-ranges-only"])
 def test_descriptor_rewritten_while_the_parent_reads_it(make_partition, vmbus_image, plane,
-                                                         caplog):
-    """Double fetch: vCPU 1 (ring 3) rewrites each descriptor while the parent parses it. The
-    parent echoes what it validated or stops the channel; it never uses a value it did not
-    check (ASan in the sanitizer job)."""
+                                                         flip, caplog):
+    """Double fetch: vCPU 1 (ring 3) rewrites each descriptor (or only the GPA range headers of
+    GPA-direct packets) while the parent parses it. The parent echoes what it validated or stops
+    the channel; it never uses a value it did not check (ASan in the sanitizer job)."""
     caplog.set_level(logging.INFO, logger="hvkvm")
     o = run_vmbus(make_partition, vmbus_image, "ring_double_fetch", plane=plane, vcpus=2,
-                  caplog=caplog)
+                  caplog=caplog, extra=f"flip={flip}")
     check_survived(o, victim_works=o.syncs[SYNC_VICTIM_ECHO][0] == 4)
     sent, echoes, flips = o.syncs[SYNC_DONE][:3]
     assert sent > 0 and flips > 0
     assert echoes <= sent
+    assert o.p.vmbus.notifier.failures == 0        # nothing escaped a VSP
     assert len(o.logs) < LOG_BOUND
 
 
@@ -550,6 +557,7 @@ def test_storvsc_range_without_enough_pfns_breaks_the_channel(make_partition, de
         assert any("GPA ranges" in e for e in p.vmbus.errors)
     else:
         assert ch.plane.error == -4 and ch.plane._p.broken == 7   # EBROKEN, GPA ranges
+        assert ch.plane.stop_reason == "the guest corrupted the ring (bad GPA ranges)"
 
 
 @pytest.mark.parametrize("plane", PLANES)
