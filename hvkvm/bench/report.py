@@ -131,27 +131,25 @@ def goals(doc: dict) -> list[dict]:
         ok = [r for r in st["cases"] if r.get("status") == "ok"]
         c = [r for r in ok if r["path"] == "storvsc-c"]
         q = [r for r in ok if r["path"] == "qemu-virtio-blk"]
-        pairs = []
-        for r in c:
-            if r["workload"] == "randread-4k-qd32" and r["ring"] == 3:
-                m = next((x for x in q if x["backing"] == r["backing"] and x["ring"] == 3 and
-                          x["workload"] == r["workload"]), None)
-                if m:
-                    pairs.append((r["backing"], r["iops"], m["iops"]))
-        if pairs:
-            worst = min(pairs, key=lambda p: p[1] / p[2])
-            ratio = worst[1] / worst[2]
-            out.append(_goal("storage.c_2x_qemu_iops_4k_qd32",
-                             "VMBus C data plane >= 2x QEMU virtio-blk IOPS at 4 KiB QD32",
-                             f"{ratio:.2f}x ({worst[0]}: {worst[1]:,.0f} vs {worst[2]:,.0f})",
-                             ">= 2x", ratio >= 2,
-                             None if ratio >= 2 else f"{1 - ratio / 2:.0%} short"))
-        else:
-            why = next((p["reason"] for p in st["paths"] if p["name"] == "qemu-virtio-blk"
-                        and not p["available"]), "no QEMU row in this run")
-            out.append(_goal("storage.c_2x_qemu_iops_4k_qd32",
-                             "VMBus C data plane >= 2x QEMU virtio-blk IOPS at 4 KiB QD32",
-                             None, ">= 2x", None, note=f"not measurable: QEMU row {why}"))
+        qemu_why = next((p["reason"] for p in st["paths"] if p["name"] == "qemu-virtio-blk"
+                         and not p["available"]), None)
+        for backing in [b["name"] for b in st.get("backings", [])] or ["tmpfs"]:
+            mine = next((r for r in c if r["workload"] == "randread-4k-qd32" and r["ring"] == 3
+                         and r["backing"] == backing), None)
+            peer = next((x for x in q if x["workload"] == "randread-4k-qd32" and x["ring"] == 3
+                         and x["backing"] == backing), None)
+            gid = f"storage.c_2x_qemu_iops_4k_qd32.{backing}"
+            text = (f"VMBus C data plane >= 2x QEMU virtio-blk IOPS at 4 KiB QD32 ({backing}, "
+                    f"ring 3)")
+            if mine and peer:
+                ratio = mine["iops"] / peer["iops"]
+                out.append(_goal(gid, text, f"{ratio:.2f}x ({mine['iops']:,.0f} vs "
+                                            f"{peer['iops']:,.0f} IOPS)", ">= 2x", ratio >= 2,
+                                 None if ratio >= 2 else f"{1 - ratio / 2:.0%} short"))
+            else:
+                out.append(_goal(gid, text, None, ">= 2x", None,
+                                 note=f"not measurable: QEMU row "
+                                      f"{qemu_why or 'missing or failed in this run'}"))
         r3 = [r for r in c if r["ring"] == 3 and r.get("user_exits_per_io") is not None]
         if r3:
             worst = max(r3, key=lambda r: r["user_exits_per_io"])
@@ -166,12 +164,13 @@ def goals(doc: dict) -> list[dict]:
         seq = next((r for r in c if r["workload"] == "read-1m-qd4" and r["backing"] == "tmpfs"
                     and r["ring"] == 3), None)
         if seq and ceil:
-            mem = ceil["memcpy"]["gb_per_s"] * 1000
+            # a ceiling is the best the box did in this run (load only ever lowers it)
+            mem = ceil["memcpy"].get("gb_per_s_best", ceil["memcpy"]["gb_per_s"]) * 1000
             ratio = seq["mb_per_s"] / mem
             out.append(_goal("storage.seq_read_half_memcpy",
                              "1 MiB sequential read from page cache >= half of memcpy bandwidth",
                              f"{seq['mb_per_s']:,.0f} MB/s = {ratio:.2f} x memcpy "
-                             f"({mem:,.0f} MB/s)", ">= 0.5 x memcpy", ratio >= 0.5,
+                             f"({mem:,.0f} MB/s, best copy)", ">= 0.5 x memcpy", ratio >= 0.5,
                              None if ratio >= 0.5 else f"{1 - ratio / 0.5:.0%} short",
                              "storvsc C plane, tmpfs, ring 3, QD4"))
     vm = secs.get("vmbus")
@@ -179,14 +178,17 @@ def goals(doc: dict) -> list[dict]:
         echo = next((r for r in vm["cases"] if r["plane"] == "c" and r["size"] == 64
                      and r["mode"] == "round trip"), None)
         if echo:
-            floor = ceil["pingpong"]["round_trips_per_s"]
+            floor = ceil["pingpong"].get("round_trips_per_s_best",
+                                         ceil["pingpong"]["round_trips_per_s"])
             ratio = echo["round_trips_per_s"] / floor
             out.append(_goal("vmbus.echo64_half_floor",
                              "VMBus C path 64-byte echo (ring-3 polling guest) >= half the "
                              "zero-exit floor's rate",
                              f"{echo['round_trips_per_s']:,.0f} RT/s = {ratio:.2f} x floor "
-                             f"({floor:,.0f} RT/s)", ">= 0.5 x floor", ratio >= 0.5,
-                             None if ratio >= 0.5 else f"{1 - ratio / 0.5:.0%} short"))
+                             f"({floor:,.0f} RT/s, best run)", ">= 0.5 x floor", ratio >= 0.5,
+                             None if ratio >= 0.5 else f"{1 - ratio / 0.5:.0%} short",
+                             f"floor median {ceil['pingpong']['round_trips_per_s']:,.0f} RT/s, "
+                             f"spread {ceil['pingpong']['spread']:.0%}"))
     bt = secs.get("boot")
     if bt and "run_over_python" in bt.get("process", {}):
         pr = bt["process"]

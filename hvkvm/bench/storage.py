@@ -50,6 +50,8 @@ class Built:
 
     vsps: list = field(default_factory=list)
     devices: list = field(default_factory=list)          # PartitionConfig DeviceSpecs
+    #: command-line tokens the device needs ("dev=virtio", "virtio_mmio.device=512@...")
+    keys: list = field(default_factory=list)
     #: hvkvm-side counters read at SYNC 10 and 11: ``counters(partition) -> {"interrupts": n,
     #: ...}`` (None: the generic ones only)
     counters: Callable | None = None
@@ -66,6 +68,7 @@ class StoragePath:
     keys: dict = field(default_factory=dict)   # disk_bench keys that pick the guest driver
     module: str | None = None       # a module the path needs ("hvkvm.vsp.ata")
     guest_key: str | None = None    # a disk_bench value its guest driver must know ("virtio")
+    slow: int = 1                   # --quick divides its I/O counts by this (exit-bound paths)
 
     def unavailable(self) -> str | None:
         """Why this path cannot run here (None: it can)."""
@@ -73,7 +76,8 @@ class StoragePath:
             return (f"{self.module.replace('.', '/')}.py and its disk_bench driver are not in "
                     f"the tree yet")
         if self.guest_key and not disk_bench_knows(self.guest_key):
-            return f"needs the guest {self.guest_key}-blk driver (disk_bench dev={self.guest_key})"
+            return (f"needs the guest {self.guest_key} driver in disk_bench "
+                    f"(disk_bench dev={self.guest_key})")
         if self.runner == "qemu":
             from . import qemu
             why = qemu.unavailable()
@@ -110,14 +114,36 @@ def _storvsc(plane: str):
     return build
 
 
+def _devices_for(module: str, plane: str):
+    """A path built by ``module.devices_for(disk, plane)`` -> ({"devices": [...]}, [keys]) (the
+    ATA, MMIO-register and virtio-blk VSPs); interrupts from the devices' ``stats()``."""
+    def build(disk) -> Built:
+        mod = importlib.import_module(module)
+        cfg, keys = mod.devices_for(disk, plane=plane)
+        devices = list(cfg.get("devices", []))
+        counted = [d.device for d in devices if hasattr(d.device, "stats")]
+
+        def counters(p) -> dict:
+            n = 0
+            for dev in counted:
+                n += int(dev.stats().get("interrupts", 0) or 0)
+            return {"interrupts": n}
+        return Built(vsps=list(cfg.get("vsps", [])), devices=devices, keys=list(keys),
+                     counters=counters)
+    return build
+
+
 #: Every storage path, in report order. To add one: a row with its build function and keys.
 PATHS: list[StoragePath] = [
     StoragePath("ata", "legacy ATA-PIO register device (Python)", module="hvkvm.vsp.ata",
-                keys={"dev": "ata"}),
+                build=_devices_for("hvkvm.vsp.ata", "python"), keys={"dev": "ata"},
+                guest_key="ata", slow=100),
     StoragePath("mmioblk", "MMIO register device, descriptor in RAM (Python)",
-                module="hvkvm.vsp.mmioblk", keys={"dev": "mmio"}),
+                module="hvkvm.vsp.mmioblk", build=_devices_for("hvkvm.vsp.mmioblk", "python"),
+                keys={"dev": "mmio"}, guest_key="mmio", slow=10),
     StoragePath("virtio-blk", "virtio-blk over virtio-mmio (hvkvm, C data plane)",
-                module="hvkvm.vsp.virtio_blk", keys={"dev": "virtio"}, guest_key="virtio"),
+                module="hvkvm.vsp.virtio_blk", build=_devices_for("hvkvm.vsp.virtio_blk", "c"),
+                keys={"dev": "virtio"}, guest_key="virtio"),
     StoragePath("storvsc-py", "VMBus storvsc, Python data plane", build=_storvsc("python")),
     StoragePath("storvsc-c", "VMBus storvsc, C data plane", build=_storvsc("c")),
     StoragePath("qemu-virtio-blk", "QEMU virtio-blk (virtio-mmio), microvm + KVM",
@@ -202,9 +228,12 @@ def _guest_json(serial: bytes | str) -> dict | None:
     return None
 
 
-def _cmdline(path: StoragePath, w: Workload, ring: int, length: dict) -> str:
-    keys = {**path.keys, "mode": w.mode, "bs": w.bs, "qd": w.qd, "ring": ring, **length}
-    return "disk_bench " + " ".join(f"{k}={v}" for k, v in keys.items())
+def _cmdline(path: StoragePath, w: Workload, ring: int, length: dict,
+             tokens: list[str] = ()) -> str:
+    named = {t.split("=", 1)[0] for t in tokens}
+    keys = {**{k: v for k, v in path.keys.items() if k not in named}, "mode": w.mode,
+            "bs": w.bs, "qd": w.qd, "ring": ring, **length}
+    return " ".join(["disk_bench", *tokens, *(f"{k}={v}" for k, v in keys.items())])
 
 
 def run_hvkvm(path: StoragePath, file: str, direct: bool, w: Workload, ring: int,
@@ -235,7 +264,8 @@ def run_hvkvm(path: StoragePath, file: str, direct: bool, w: Workload, ring: int
     try:
         built = path.build(disk)
         cfg = PartitionConfig(image=image_path("disk_bench"),
-                              cmdline=_cmdline(path, w, ring, length), vsps=built.vsps,
+                              cmdline=_cmdline(path, w, ring, length, built.keys),
+                              vsps=built.vsps,
                               devices=built.devices, timeout=600, memory=128 * MiB,
                               on_sync=on_sync)
         with ChildPartition(cfg) as p:
@@ -327,10 +357,12 @@ def _length(path: StoragePath, w: Workload, ring: int, quick: bool) -> dict:
     if not quick:
         return {"seconds": 2}
     if ring == 0:
-        return {"count": 16 if w.bs >= MiB else 48}
-    if path.name.endswith("-py"):
-        return {"count": 24 if w.bs >= MiB else 400}
-    return {"count": 64 if w.bs >= MiB else 4000}
+        n = 16 if w.bs >= MiB else 48
+    elif path.name.endswith("-py"):
+        n = 24 if w.bs >= MiB else 400
+    else:
+        n = 64 if w.bs >= MiB else 4000
+    return {"count": max(1, n // path.slow)}
 
 
 def run(quick: bool = False, repeat: int | None = None) -> dict:
