@@ -334,11 +334,12 @@ def plot(doc: dict, out_dir: str) -> list[str]:
     for (suite, unit), ms in sorted(charts.items()):
         groups = list(dict.fromkeys(m["group"] for m in ms))
         labels = list(dict.fromkeys(m["label"] for m in ms))
-        # wide charts split into pages of 12 groups
-        for page in range(0, len(groups), 12):
-            gs = groups[page:page + 12]
-            fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(gs) * max(1, len(labels)) ** 0.5
-                                                + 2), 4.5))
+        # wide charts split into pages (fewer groups per page when there are many bars each)
+        per_page = 12 if len(labels) <= 3 else 6
+        for page in range(0, len(groups), per_page):
+            gs = groups[page:page + per_page]
+            fig, ax = plt.subplots(figsize=(min(14, max(6, len(gs) * (0.5 + 0.22 * len(labels))
+                                                        + 2)), 4.8))
             width = 0.8 / max(1, len(labels))
             for li, lab in enumerate(labels):
                 xs, ys, lo, hi = [], [], [], []
@@ -365,7 +366,7 @@ def plot(doc: dict, out_dir: str) -> list[str]:
             if len(labels) > 1:
                 ax.legend(fontsize=8)
             fig.tight_layout()
-            name = f"{suite}-{_slug(unit)}{'' if page == 0 else f'-{page // 12 + 1}'}.png"
+            name = f"{suite}-{_slug(unit)}{'' if page == 0 else f'-{page // per_page + 1}'}.png"
             fig.savefig(out / name, dpi=110)
             plt.close(fig)
             files.append(str(out / name))
