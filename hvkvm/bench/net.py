@@ -109,7 +109,8 @@ PATHS: list[NetPath] = [
 
 ECHO_CLIENT = r"""
 import json, socket, sys, time
-dst, sizes, count, warm = sys.argv[1], [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4])
+dst, sizes = sys.argv[1], [int(x) for x in sys.argv[2].split(",")]
+count, warm = int(sys.argv[3]), int(sys.argv[4])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.connect((dst, 7))
 s.settimeout(float(sys.argv[5]) if len(sys.argv) > 5 else 2.0)

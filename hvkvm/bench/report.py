@@ -82,9 +82,10 @@ def _run_one(name: str, quick: bool, repeat: int | None, alone: bool) -> dict:
 
 def format_document(doc: dict) -> str:
     """The report: machine, ceilings, each suite's tables, the goals."""
+    load = ", ".join(f"{x:.2f}" for x in doc["machine"].get("load_average", []))
     lines = [machine_line(doc["machine"]),
-             f"load average at start: {', '.join(f'{x:.2f}' for x in doc['machine'].get('load_average', []))}"
-             f"; {'quick run (smoke test, noisy)' if doc.get('quick') else 'full run'}"]
+             f"load average at start: {load}; "
+             f"{'quick run (smoke test, noisy)' if doc.get('quick') else 'full run'}"]
     secs = sections(doc)
     if "ceilings" in secs:
         c = secs["ceilings"]

@@ -431,7 +431,8 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
 # -- report -------------------------------------------------------------------------------------
 
 COLUMNS = [("path", "path", "s"), ("backing", "backing", "s"), ("ring", "ring", "d"),
-           ("workload", "workload", "s"), ("qd", "qd", "d"), ("iops", "IOPS", ",.0f"), ("mb_per_s", "MB/s", ".1f"),
+           ("workload", "workload", "s"), ("qd", "qd", "d"), ("iops", "IOPS", ",.0f"),
+           ("mb_per_s", "MB/s", ".1f"),
            ("mean_us", "mean us", ".1f"), ("p99_us", "p99 us", ".1f"),
            ("user_exits_per_io", "exits/IO", ".3f"), ("kvm_exits_per_io", "KVM exits/IO", ".2f"),
            ("interrupts_per_io", "irqs/IO", ".3f"),
