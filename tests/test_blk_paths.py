@@ -874,7 +874,8 @@ def test_virtio_event_idx_notifications_and_exits(paths):
         ok(r)
         j = bench_json(r)
         assert (st["features"] >> vb.VIRTIO_RING_F_EVENT_IDX & 1) == event_idx
-        assert st["notifies"] == j["kicks"] + 1
+        # GET_ID's kick at open is needed only if the plane had not set NO_NOTIFY yet
+        assert j["kicks"] <= st["notifies"] <= j["kicks"] + 1
         assert j["kicks"] <= 3 and j["kicks_suppressed"] >= 5000 / 64, j
         assert st["interrupts"] == 0
 
