@@ -922,6 +922,40 @@ def test_fill_on_one_path_check_on_the_others(paths):
 
 
 @kvm
+@pytest.mark.parametrize("ring", [3, 0])
+def test_virtio_broken_device_reaches_the_guest(make_partition, tmp_path, image, ring):
+    """At SYNC 10 the host puts garbage in the guest's available ring: the C plane breaks the
+    device (no host access outside RAM), the guest sees DEVICE_NEEDS_RESET (ring 0: through the
+    configuration-change interrupt; ring 3: by polling Status) and says so."""
+    path = tmp_path / "b.img"
+    create_disk(path, 1 * MiB)
+    cfgkw, keys = vb.devices_for(path)
+    dev = cfgkw["devices"][0].device
+    holder = {}
+
+    def on_sync(vcpu, uc):
+        if uc.args[0] == 10:
+            mem = holder["p"].memory
+            mem.write(dev.queue_driver + 2, struct.pack("<H", 0x7777))   # avail idx jumps
+            os.eventfd_write(dev._kick_fd, 1)
+            deadline = time.monotonic() + 5
+            while dev.broken() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+    cfg = PartitionConfig(image=image["disk_bench"], cmdline=f"disk_bench {' '.join(keys)} "
+                          f"count=100 ring={ring} stall_s=30", on_sync=on_sync, timeout=120,
+                          **cfgkw)
+    p = make_partition(cfg)
+    holder["p"] = p
+    r = p.run()
+    p.close()
+    assert "moved by more than the queue size" in dev.last_stats["broken"]
+    assert r.status == "assert", (r.status, r.reason)
+    assert "device needs reset" in r.reason, r.reason
+    assert dev.last_stats["config_interrupts"] == 1
+
+
+@kvm
 @pytest.mark.parametrize("bus", ["virtio", "mmio"])
 def test_o_direct_disk_with_unaligned_buffers(paths, bus):
     """O_DIRECT images take guest buffers that are not 512-byte aligned through a bounce
