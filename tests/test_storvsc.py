@@ -462,9 +462,12 @@ def test_queue_depth(rig, depth):
     for tid, (lba, data) in want.items():
         assert r.file_bytes(0, lba * 512, slot) == data
     assert len(want) == total
-    if depth == "max":
+    if depth == "max" and r.plane == "c":
+        # The C plane outruns this Python reader, so it always meets a full receive ring. The
+        # Python plane may or may not, depending on the machine's load: for it the test proves
+        # only that every request got exactly one completion and landed (above).
         st = r.vsp.stats()[g.ch.offer.child_relid]
-        assert st["plane_full_waits" if r.plane == "c" else "full_waits"] > 0, st
+        assert st["plane_full_waits"] > 0, st
 
 
 # ------------------------------------------------------------------------------------------
