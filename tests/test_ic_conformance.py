@@ -2,7 +2,7 @@
 
 Three descriptions of every layout in ``hvkvm.vsp.ic_wire.IC_WIRE_STRUCTS`` are compared member
 by member (offset, bit-field width, size) and as a whole (sizeof), with the machinery of
-``test_linux_conformance.py``:
+``tests/conformance.py``:
 
 * Linux: the BTF of Debian's cloud kernel's ``hv_utils.ko`` (``icmsg_negotiate`` from
   ``hv_vmbus.ko``: only ``vmbus_prep_negotiate_resp`` in channel_mgmt.c uses it);
@@ -24,16 +24,13 @@ The last tests break a layout on purpose and check that the comparison says so.
 from __future__ import annotations
 
 import ctypes
-import re
 import struct
 
 import pytest
 
-import linux_btf
+from conformance import WireSpec, c_header_report, compare, cstr, int_constants, python_layout
+from conformance import btf_fixture  # noqa: F401  (provides the fixture ``btf``)
 from hvkvm.vsp import ic_wire as icw
-from linux_btf import linux_btf_fixture  # noqa: F401  (provides the fixture ``linux_btf``)
-from test_linux_conformance import (CSRC, CProbe, _cstr, add_struct_probes, btf_layout, c_layout,
-                                    compare, python_layout)
 
 HEADER = "ic_proto.h"
 #: Where Linux's BTF has the IC layouts: hv_utils.ko first, then hv_vmbus.ko.
@@ -42,85 +39,30 @@ NOT_IN_BTF = {
     "vmbuspipe_hdr": "Linux only takes sizeof(struct vmbuspipe_hdr); no compiled code names a "
                      "member, so no BTF carries it",
 }
+SPEC = WireSpec(HEADER, tuple(icw.IC_WIRE_STRUCTS), BTF_MODULES, NOT_IN_BTF)
 
 
 @pytest.fixture(scope="module")
-def ic_btf():
-    """Linux's BTF, or None under HVKVM_SKIP_BTF=1 (unavailable BTF fails)."""
-    if linux_btf.skip_requested():
-        return None
-    try:
-        return linux_btf.get()
-    except linux_btf.BtfUnavailable as e:
-        pytest.fail(f"Linux BTF unavailable: {e}\n(HVKVM_SKIP_BTF=1 skips the Linux side "
-                    "explicitly)", pytrace=False)
-
-
-def _module_of(btf, name: str) -> str | None:
-    for module in BTF_MODULES:
-        if btf.has_struct(module, name):
-            return module
-    return None
-
-
-def _paths(cls, btf) -> dict[str, bool]:
-    """Every member path of cls on either side (path -> is a bit-field somewhere)."""
-    paths = {p: m[1] > 0 for p, m in python_layout(cls)[1].items()}
-    module = _module_of(btf, cls.__name__) if btf is not None else None
-    if module is not None:
-        for p, m in btf_layout(btf.struct_layout(module, cls.__name__))[1].items():
-            paths[p] = paths.get(p, False) or m[1] > 0
-    return paths
-
-
-@pytest.fixture(scope="module")
-def c_measured(ic_btf, tmp_path_factory):
-    """(values, errors, paths per struct) as csrc/ic_proto.h has them."""
-    probe = CProbe([HEADER], [CSRC])
-    all_paths = {}
-    for cls in icw.IC_WIRE_STRUCTS:
-        all_paths[cls.__name__] = _paths(cls, ic_btf)
-        add_struct_probes(probe, cls, all_paths[cls.__name__])
-    values, errors = probe.run(tmp_path_factory.mktemp("ic_cprobe"))
-    return values, errors, all_paths
+def c_measured(btf, tmp_path_factory):
+    """What csrc/ic_proto.h says of every IC wire struct."""
+    return SPEC.measure_c(btf, tmp_path_factory.mktemp("ic_cprobe"))
 
 
 @pytest.mark.parametrize("cls", icw.IC_WIRE_STRUCTS, ids=lambda c: c.__name__)
-def test_layout_matches_linux(cls, ic_btf, c_measured):
+def test_layout_matches_linux(cls, btf, c_measured):
     """sizeof and every member: hv_utils.ko's (hv_vmbus.ko's) BTF == ic_wire.py == ic_proto.h."""
-    name = cls.__name__
-    values, errors, all_paths = c_measured
-    sides = {}
-    reference = "Python"
-    if ic_btf is not None:
-        module = _module_of(ic_btf, name)
-        if module is not None:
-            sides[f"Linux({module})"] = btf_layout(ic_btf.struct_layout(module, name))
-            reference = f"Linux({module})"
-        elif name not in NOT_IN_BTF:
-            pytest.fail(f"{name} is in no BTF of {', '.join(BTF_MODULES)}: misspelt? (or add it "
-                        "to NOT_IN_BTF with the reason)")
-    sides["Python"] = python_layout(cls)
-    c_size, c_members, c_missing = c_layout(values, errors, cls, all_paths[name])
-    sides["C"] = (c_size, c_members)
-    problems = compare(name, sides, reference)
-    problems += [f"{name}.{p}: C header: {why}" for p, why in c_missing.items()]
-    if c_size is None:
-        problems.insert(0, f"{name}: not defined by csrc/{HEADER}: {errors.get(name + '|', '?')}")
-    assert not problems, f"{len(problems)} layout difference(s):\n" + "\n".join(problems)
-    if reference == "Python" and ic_btf is None:
-        pytest.skip("HVKVM_SKIP_BTF=1: only Python vs C compared")
+    SPEC.check_layout(cls, btf, c_measured)
 
 
-def test_the_linux_modules_have_the_ic_structs_where_expected(ic_btf):
+def test_the_linux_modules_have_the_ic_structs_where_expected(btf):
     """hv_utils.ko carries the message bodies; icmsg_negotiate is hv_vmbus.ko's; the excused
     layouts really are in no BTF."""
-    if ic_btf is None:
+    if btf is None:
         pytest.skip("HVKVM_SKIP_BTF=1")
     for name in ("icmsg_hdr", "ic_version", "heartbeat_msg_data", "shutdown_msg_data"):
-        assert ic_btf.has_struct("hv_utils", name), name
-    assert ic_btf.has_struct("hv_vmbus", "icmsg_negotiate")
-    found = {n: m for n in NOT_IN_BTF for m in BTF_MODULES + (None,) if ic_btf.has_struct(m, n)}
+        assert btf.has_struct("hv_utils", name), name
+    assert btf.has_struct("hv_vmbus", "icmsg_negotiate")
+    found = SPEC.stale_not_in_btf(btf)
     assert not found, f"now in Linux's BTF, remove from NOT_IN_BTF (they get compared): {found}"
 
 
@@ -140,12 +82,6 @@ def test_the_sizes_the_protocol_depends_on():
 # Constants and version tables
 # --------------------------------------------------------------------------------------------
 
-def _int_constants() -> dict[str, int]:
-    return {n: int(v) for n, v in vars(icw).items()
-            if re.fullmatch(r"[A-Z][A-Z0-9_]*", n) and isinstance(v, int)
-            and not isinstance(v, bool)}
-
-
 TABLES = {  # Python name -> (C initializer macro, hv_utils.ko symbol)
     "LINUX_FW_VERSIONS": ("IC_LINUX_FW_VERSIONS", "fw_versions"),
     "LINUX_HB_VERSIONS": ("IC_LINUX_HB_VERSIONS", "hb_versions"),
@@ -157,22 +93,15 @@ TABLES = {  # Python name -> (C initializer macro, hv_utils.ko symbol)
 def test_constants_match_c_header(tmp_path):
     """Every integer constant of ic_wire.py is defined by csrc/ic_proto.h alike, and so are the
     version tables (C initializer macros)."""
-    probe = CProbe([HEADER], [CSRC])
-    consts = _int_constants()
-    for n in consts:
-        probe.add(n, f"U({_cstr(n)}, \"value\", {n});")
+    consts = int_constants(icw)
+    probe = SPEC.constants_probe(consts)
     for py, (macro, _) in TABLES.items():
         probe.add(py, "{ static const int t_[] = %s; for (unsigned i_ = 0; i_ < sizeof t_ / "
                       "sizeof t_[0]; i_++) { char k_[16]; snprintf(k_, sizeof k_, \"%%u\", i_); "
                       "U(%s, k_, t_[i_]); } U(%s, \"n\", sizeof t_ / sizeof t_[0]); }"
-                  % (macro, _cstr(py), _cstr(py)))
+                  % (macro, cstr(py), cstr(py)))
     values, errors = probe.run(tmp_path)
-    bad = []
-    for n, v in consts.items():
-        if n not in values:
-            bad.append(f"{n}: ic_wire.py {v:#x}, C: {errors.get(n, 'missing')}")
-        elif values[n]["value"] != v & 0xFFFFFFFFFFFFFFFF:
-            bad.append(f"{n}: ic_wire.py {v:#x}, C {values[n]['value']:#x}")
+    bad = SPEC.constant_differences(consts, values, errors, "ic_wire.py")
     for py, (macro, _) in TABLES.items():
         ours = getattr(icw, py)
         got = values.get(py)
@@ -218,13 +147,13 @@ def ko_int_arrays(path) -> dict[str, list[tuple[int, ...]]]:
     return out
 
 
-def test_version_tables_match_hv_utils_ko(ic_btf):
+def test_version_tables_match_hv_utils_ko(btf):
     """The tables a Linux guest negotiates with, read out of hv_utils.ko's .rodata:
     hb_versions, sd_versions, ts_versions, and hv_util.c's fw_versions (every file of hv_utils
     has a static fw_versions; the two-entry ones are hv_util.c's and hv_kvp.c's)."""
-    if ic_btf is None:
+    if btf is None:
         pytest.skip("HVKVM_SKIP_BTF=1 (the kernel package is not fetched)")
-    arrays = ko_int_arrays(ic_btf.module_path("hv_utils"))
+    arrays = ko_int_arrays(btf.module_path("hv_utils"))
     assert arrays.get("hb_versions") == [icw.LINUX_HB_VERSIONS], \
         f"hb_versions in hv_utils.ko: {arrays.get('hb_versions')}"
     assert arrays.get("sd_versions") == [icw.LINUX_SD_VERSIONS], \
@@ -265,13 +194,7 @@ def test_prep_negotiate_resp_picks_linux_best_and_answers_in_place():
 # The checker checks: a deliberate break fails on each side
 # --------------------------------------------------------------------------------------------
 
-def _reference(btf, cls):
-    if btf is not None:
-        return btf_layout(btf.struct_layout(_module_of(btf, cls.__name__), cls.__name__))
-    return python_layout(cls)
-
-
-def test_a_wrong_python_icmsg_hdr_fails(ic_btf):
+def test_a_wrong_python_icmsg_hdr_fails(btf):
     """icmsg_hdr with ictransaction_id and icflags swapped is reported against Linux."""
     class icmsg_hdr(ctypes.Structure):
         _pack_ = 1
@@ -280,51 +203,41 @@ def test_a_wrong_python_icmsg_hdr_fails(ic_btf):
             ("icflags", ctypes.c_uint8), ("ictransaction_id", ctypes.c_uint8),
             ("reserved", ctypes.c_uint8 * 2)]
 
-    text = "\n".join(compare("icmsg_hdr", {"Linux": _reference(ic_btf, icw.icmsg_hdr),
+    text = "\n".join(compare("icmsg_hdr", {"Linux": SPEC.reference(btf, icw.icmsg_hdr),
                                            "Python": python_layout(icmsg_hdr)}, "Linux"))
     assert "icmsg_hdr.ictransaction_id offset: Linux 16, Python 17" in text
     assert "icmsg_hdr.icflags offset: Linux 17, Python 16" in text
     assert "icmsg_hdr.status" not in text
 
 
-def test_a_wrong_python_heartbeat_fails(ic_btf):
+def test_a_wrong_python_heartbeat_fails(btf):
     """heartbeat_msg_data with a 32-bit seq_num: size and every later offset are reported."""
     class heartbeat_msg_data(ctypes.Structure):
         _pack_ = 1
         _fields_ = [("seq_num", ctypes.c_uint32), ("reserved", ctypes.c_uint32 * 8)]
 
     text = "\n".join(compare("heartbeat_msg_data", {
-        "Linux": _reference(ic_btf, icw.heartbeat_msg_data),
+        "Linux": SPEC.reference(btf, icw.heartbeat_msg_data),
         "Python": python_layout(heartbeat_msg_data)}, "Linux"))
     assert "heartbeat_msg_data sizeof: Linux 40, Python 36" in text
     assert "heartbeat_msg_data.seq_num size: Linux 8, Python 4" in text
     assert "heartbeat_msg_data.reserved offset: Linux 8, Python 4" in text
 
 
-def test_a_wrong_c_header_fails(ic_btf, tmp_path):
+def test_a_wrong_c_header_fails(btf, tmp_path):
     """A C header with the pre-6.x one-element icversion_data[1] (sizeof 12: every
     ICMSG_NEGOTIATE_PKT_SIZE 4 bytes too big) and a shutdown message with a 16-bit reason_code
     is reported."""
-    (tmp_path / "bad.h").write_text(
+    classes = (icw.icmsg_negotiate, icw.shutdown_msg_data)
+    text = c_header_report(tmp_path, (
         "#include <stdint.h>\n"
         "struct ic_version { uint16_t major, minor; } __attribute__((packed));\n"
         "struct icmsg_negotiate { uint16_t icframe_vercnt, icmsg_vercnt; uint32_t reserved;\n"
         "  struct ic_version icversion_data[1]; } __attribute__((packed));\n"
         "struct shutdown_msg_data { uint16_t reason_code; uint32_t timeout_seconds, flags;\n"
-        "  uint8_t display_message[2048]; } __attribute__((packed));\n")
-    probe = CProbe(["bad.h"], [tmp_path])
-    specs = {}
-    for cls in (icw.icmsg_negotiate, icw.shutdown_msg_data):
-        specs[cls] = _paths(cls, ic_btf)
-        add_struct_probes(probe, cls, specs[cls])
-    work = tmp_path / "w"
-    work.mkdir()
-    values, errors = probe.run(work)
-    text = ""
-    for cls, paths in specs.items():
-        size, members, missing = c_layout(values, errors, cls, paths)
-        text += "\n".join(compare(cls.__name__, {"Linux": _reference(ic_btf, cls),
-                                                 "C": (size, members)}, "Linux")) + "\n"
+        "  uint8_t display_message[2048]; } __attribute__((packed));\n"),
+        {cls: ("Linux", SPEC.reference(btf, cls)) for cls in classes},
+        {cls: SPEC.paths(cls, btf) for cls in classes})
     assert "icmsg_negotiate sizeof: Linux 8, C 12" in text
     assert "icmsg_negotiate.icversion_data size: Linux 0, C 4" in text
     assert "shutdown_msg_data.reason_code size: Linux 4, C 2" in text
@@ -333,10 +246,10 @@ def test_a_wrong_c_header_fails(ic_btf, tmp_path):
     assert "shutdown_msg_data sizeof: Linux 2060, C 2058" in text
 
 
-def test_a_wrong_version_table_fails(ic_btf, monkeypatch):
+def test_a_wrong_version_table_fails(btf, monkeypatch):
     """A heartbeat table that forgot the 1.0 fallback is caught against hv_utils.ko."""
-    if ic_btf is None:
+    if btf is None:
         pytest.skip("HVKVM_SKIP_BTF=1")
     monkeypatch.setattr(icw, "LINUX_HB_VERSIONS", (icw.HB_VERSION,))
     with pytest.raises(AssertionError, match="hb_versions"):
-        test_version_tables_match_hv_utils_ko(ic_btf)
+        test_version_tables_match_hv_utils_ko(btf)

@@ -4,7 +4,7 @@ Three descriptions of every layout in ``hvkvm.vsp.netvsc_wire.NETVSC_WIRE_STRUCT
 ``nvsp_message`` member down to the v6 PacketDirect bodies, every RNDIS message in
 ``rndis_message_container``, ``rndis_packet``, the PPIs and the NDIS offload/RSS objects) are
 compared member by member (offset, bit-field width, size) and as a whole (sizeof), with the
-machinery of ``test_linux_conformance.py``:
+machinery of ``tests/conformance.py``:
 
 * Linux: the BTF of Debian's cloud kernel's ``hv_netvsc.ko`` (``tests/linux_btf.py``);
 * Python: the ctypes classes of ``hvkvm/vsp/netvsc_wire.py``;
@@ -23,75 +23,24 @@ import re
 
 import pytest
 
+from conformance import WireSpec, c_header_report, compare, int_constants, python_layout
+from conformance import btf_fixture  # noqa: F401  (provides the fixture ``btf``)
 from hvkvm.vsp import netvsc_wire as nw
-from linux_btf import linux_btf_fixture  # noqa: F401  (provides the fixture ``linux_btf``)
-from test_linux_conformance import (CSRC, CProbe, _cstr, add_struct_probes, btf_layout, c_layout,
-                                    compare, python_layout)
-
-import linux_btf
 
 MODULE = "hv_netvsc"
-HEADER = "netvsc_proto.h"
+SPEC = WireSpec("netvsc_proto.h", tuple(nw.NETVSC_WIRE_STRUCTS), (MODULE,))
 
 
 @pytest.fixture(scope="module")
-def netvsc_btf():
-    """Linux's BTF, or None under HVKVM_SKIP_BTF=1 (unavailable BTF fails)."""
-    if linux_btf.skip_requested():
-        return None
-    try:
-        return linux_btf.get()
-    except linux_btf.BtfUnavailable as e:
-        pytest.fail(f"Linux BTF unavailable: {e}\n(HVKVM_SKIP_BTF=1 skips the Linux side "
-                    "explicitly)", pytrace=False)
-
-
-def _paths(cls, btf) -> dict[str, bool]:
-    """Every member path of cls on either side (path -> is a bit-field somewhere)."""
-    paths = {p: m[1] > 0 for p, m in python_layout(cls)[1].items()}
-    if btf is not None:
-        for p, m in btf_layout(btf.struct_layout(MODULE, cls.__name__))[1].items():
-            paths[p] = paths.get(p, False) or m[1] > 0
-    return paths
-
-
-@pytest.fixture(scope="module")
-def c_measured(netvsc_btf, tmp_path_factory):
-    """(values, errors, paths per struct) as csrc/netvsc_proto.h has them."""
-    probe = CProbe([HEADER], [CSRC])
-    all_paths = {}
-    for cls in nw.NETVSC_WIRE_STRUCTS:
-        all_paths[cls.__name__] = _paths(cls, netvsc_btf)
-        add_struct_probes(probe, cls, all_paths[cls.__name__])
-    values, errors = probe.run(tmp_path_factory.mktemp("netvsc_cprobe"))
-    return values, errors, all_paths
-
-
-def _problems(cls, btf, c_measured) -> list[str]:
-    name = cls.__name__
-    values, errors, all_paths = c_measured
-    sides = {}
-    reference = "Python"
-    if btf is not None:
-        sides[f"Linux({MODULE})"] = btf_layout(btf.struct_layout(MODULE, name))
-        reference = f"Linux({MODULE})"
-    sides["Python"] = python_layout(cls)
-    c_size, c_members, c_missing = c_layout(values, errors, cls, all_paths[name])
-    sides["C"] = (c_size, c_members)
-    problems = compare(name, sides, reference)
-    problems += [f"{name}.{p}: C header: {why}" for p, why in c_missing.items()]
-    if c_size is None:
-        problems.insert(0, f"{name}: not defined by csrc/{HEADER}: {errors.get(name + '|', '?')}")
-    return problems
+def c_measured(btf, tmp_path_factory):
+    """What csrc/netvsc_proto.h says of every netvsc wire struct."""
+    return SPEC.measure_c(btf, tmp_path_factory.mktemp("netvsc_cprobe"))
 
 
 @pytest.mark.parametrize("cls", nw.NETVSC_WIRE_STRUCTS, ids=lambda c: c.__name__)
-def test_layout_matches_linux(cls, netvsc_btf, c_measured):
+def test_layout_matches_linux(cls, btf, c_measured):
     """sizeof and every member: hv_netvsc.ko's BTF == netvsc_wire.py == netvsc_proto.h."""
-    problems = _problems(cls, netvsc_btf, c_measured)
-    assert not problems, f"{len(problems)} layout difference(s):\n" + "\n".join(problems)
-    if netvsc_btf is None:
-        pytest.skip("HVKVM_SKIP_BTF=1: only Python vs C compared")
+    SPEC.check_layout(cls, btf, c_measured)
 
 
 def test_the_protocol_sizes_spelled_out():
@@ -120,17 +69,17 @@ def _linux_named_enums(btf) -> dict[str, dict[str, int]]:
 
 
 @pytest.mark.parametrize("enum_cls", nw.WIRE_ENUMS, ids=lambda e: e.__name__)
-def test_enum_matches_linux(enum_cls, netvsc_btf):
+def test_enum_matches_linux(enum_cls, btf):
     """Every enumerator of Linux's named enum, same name and value (where 6.1's BTF has the
     enum: an enum no compiled code uses is absent, and then its enumerators must not collide
     with anything Linux has)."""
-    if netvsc_btf is None:
+    if btf is None:
         pytest.skip("HVKVM_SKIP_BTF=1")
     ours = {n: int(v) for n, v in enum_cls.__members__.items()}
     try:
-        linux = netvsc_btf.enum_values(MODULE, enum_cls.__name__)
+        linux = btf.enum_values(MODULE, enum_cls.__name__)
     except KeyError:
-        everything = netvsc_btf.enumerators(MODULE)
+        everything = btf.enumerators(MODULE)
         clash = {n: (v, everything[n]) for n, v in ours.items()
                  if n in everything and everything[n] != v}
         assert not clash
@@ -138,19 +87,13 @@ def test_enum_matches_linux(enum_cls, netvsc_btf):
     assert ours == linux
 
 
-def _int_constants() -> dict[str, int]:
-    return {n: int(v) for n, v in vars(nw).items()
-            if re.fullmatch(r"[A-Z][A-Z0-9_]*", n) and isinstance(v, int)
-            and not isinstance(v, bool)}
-
-
-def test_constants_match_linux_enumerators(netvsc_btf):
+def test_constants_match_linux_enumerators(btf):
     """Every constant named like an enumerator of hv_netvsc (the anonymous NVSP_MSG*/NVSP_STAT*
     enums included) has Linux's value; and every NVSP_MSG*/NVSP_STAT* enumerator is ours."""
-    if netvsc_btf is None:
+    if btf is None:
         pytest.skip("HVKVM_SKIP_BTF=1")
-    linux = netvsc_btf.enumerators(MODULE)
-    consts = _int_constants()
+    linux = btf.enumerators(MODULE)
+    consts = int_constants(nw)
     bad = [f"{n}: ours {consts[n]}, Linux {v}" for n, v in linux.items()
            if n in consts and consts[n] != v]
     assert not bad, "\n".join(bad)
@@ -160,18 +103,7 @@ def test_constants_match_linux_enumerators(netvsc_btf):
 
 def test_constants_match_c_header(tmp_path):
     """Every integer constant of netvsc_wire.py is defined by csrc/netvsc_proto.h alike."""
-    probe = CProbe([HEADER], [CSRC])
-    consts = _int_constants()
-    for n in consts:
-        probe.add(n, f"U({_cstr(n)}, \"value\", {n});")
-    values, errors = probe.run(tmp_path)
-    bad = []
-    for n, v in consts.items():
-        if n not in values:
-            bad.append(f"{n}: netvsc_wire.py {v:#x}, C: {errors.get(n, 'missing')}")
-        elif values[n]["value"] != v & 0xFFFFFFFFFFFFFFFF:
-            bad.append(f"{n}: netvsc_wire.py {v:#x}, C {values[n]['value']:#x}")
-    assert not bad, f"{len(bad)} constant(s) differ:\n" + "\n".join(bad)
+    values = SPEC.check_constants(nw, tmp_path)
     assert "NVSP_MSG1_TYPE_SEND_RNDIS_PKT" in values
     assert "RNDIS_OID_802_3_PERMANENT_ADDRESS" in values
 
@@ -184,15 +116,14 @@ def test_nvsp_versions_are_linux_6s():
 # The checker checks: a deliberate break fails on each side
 # --------------------------------------------------------------------------------------------
 
-def test_a_wrong_python_layout_fails(netvsc_btf, c_measured):
+def test_a_wrong_python_layout_fails(btf, c_measured):
     """nvsp_1_message_send_rndis_packet unpacked with a u16 channel_type is reported against
     Linux (or C)."""
     class nvsp_1_message_send_rndis_packet(ctypes.Structure):
         _fields_ = [("channel_type", ctypes.c_uint16), ("send_buf_section_index", ctypes.c_uint32),
                     ("send_buf_section_size", ctypes.c_uint32)]
 
-    ref = (btf_layout(netvsc_btf.struct_layout(MODULE, "nvsp_1_message_send_rndis_packet"))
-           if netvsc_btf is not None else python_layout(nw.nvsp_1_message_send_rndis_packet))
+    ref = SPEC.reference(btf, nw.nvsp_1_message_send_rndis_packet)
     text = "\n".join(compare("nvsp_1_message_send_rndis_packet",
                              {"Linux": ref, "Python": python_layout(
                                  nvsp_1_message_send_rndis_packet)}, "Linux"))
@@ -202,7 +133,7 @@ def test_a_wrong_python_layout_fails(netvsc_btf, c_measured):
     assert "nvsp_1_message_send_rndis_packet.send_buf_section_size offset" not in text  # aligned
 
 
-def test_an_unpacked_nvsp_message_fails(netvsc_btf):
+def test_an_unpacked_nvsp_message_fails(btf):
     """Dropping __packed from the nvsp_message chain (a classic mistake: the v2 u64 members
     then align the union to 8) moves msg to offset 8 and the size to 48."""
     class nvsp_2_free_rxbuf(ctypes.Structure):
@@ -218,8 +149,7 @@ def test_an_unpacked_nvsp_message_fails(netvsc_btf):
     class nvsp_message(ctypes.Structure):
         _fields_ = [("hdr", nw.nvsp_message_header), ("msg", nvsp_all_messages)]
 
-    ref = (btf_layout(netvsc_btf.struct_layout(MODULE, "nvsp_message"))
-           if netvsc_btf is not None else python_layout(nw.nvsp_message))
+    ref = SPEC.reference(btf, nw.nvsp_message)
     text = "\n".join(compare("nvsp_message", {"Linux": ref, "Python": python_layout(nvsp_message)},
                              "Linux"))
     assert "nvsp_message sizeof: Linux 40, Python 48" in text
@@ -229,26 +159,14 @@ def test_an_unpacked_nvsp_message_fails(netvsc_btf):
 def test_a_wrong_c_header_fails(tmp_path):
     """A C header whose rndis_per_packet_info has the internal bit first, and whose
     rndis_packet lacks `reserved`, is reported."""
-    (tmp_path / "bad.h").write_text(
+    text = c_header_report(tmp_path, (
         "#include <stdint.h>\n"
         "struct rndis_per_packet_info { uint32_t size; uint32_t internal:1; uint32_t type:31;\n"
         "  uint32_t ppi_offset; };\n"
         "struct rndis_packet { uint32_t data_offset, data_len, oob_data_offset, oob_data_len,\n"
-        "  num_oob_data_elements, per_pkt_info_offset, per_pkt_info_len, vc_handle; };\n")
-    probe = CProbe(["bad.h"], [tmp_path])
-    specs = {}
-    for cls in (nw.rndis_per_packet_info, nw.rndis_packet):
-        specs[cls] = {p: m[1] > 0 for p, m in python_layout(cls)[1].items()}
-        add_struct_probes(probe, cls, specs[cls])
-    work = tmp_path / "w"
-    work.mkdir()
-    values, errors = probe.run(work)
-    text = ""
-    for cls, paths in specs.items():
-        size, members, missing = c_layout(values, errors, cls, paths)
-        text += "\n".join(compare(cls.__name__, {"Python": python_layout(cls),
-                                                 "C": (size, members)}, "Python")) + "\n"
-        text += "\n".join(f"{cls.__name__}.{p}: {w}" for p, w in missing.items()) + "\n"
+        "  num_oob_data_elements, per_pkt_info_offset, per_pkt_info_len, vc_handle; };\n"),
+        {cls: ("Python", python_layout(cls))
+         for cls in (nw.rndis_per_packet_info, nw.rndis_packet)})
     assert "rndis_per_packet_info.type offset: Python bit 32, C bit 33" in text
     assert "rndis_per_packet_info.internal offset: Python bit 63, C bit 32" in text
     assert "rndis_packet sizeof: Python 36, C 32" in text
