@@ -9,9 +9,11 @@
 # (ASan aborts the process; every report is also written to a log that must stay empty).
 #
 # Usage: ci/sanitize.sh [PYTEST ARGS...]   (default: the hostile suite; e.g. -k ring_ to narrow)
-# Env:   SANITIZE_SOURCE=head|worktree (head), SANITIZE_KEEP=1 keeps the temporary directory.
+# Env:   SANITIZE_SOURCE=head|worktree (head), SANITIZE_KEEP=1 keeps the temporary directory,
+#        PYTHON=the interpreter (python3; tests/test_sanitize.py passes its own).
 # Needs: gcc (libasan, libubsan), python3 with the test requirements, /dev/kvm.
 set -euo pipefail
+PYTHON="${PYTHON:-python3}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
@@ -49,14 +51,14 @@ worktree)
 esac
 
 # The extension, in place in the copy: hvkvm/vmbus/_hvring*.so built with -fsanitize=address,undefined.
-(cd "$src" && HVKVM_SANITIZE=1 python3 setup.py -q build_ext --inplace >"$work/build.log" 2>&1) || {
+(cd "$src" && HVKVM_SANITIZE=1 "$PYTHON" setup.py -q build_ext --inplace >"$work/build.log" 2>&1) || {
     cat "$work/build.log" >&2
     echo "sanitize: building the sanitizer extension failed" >&2
     exit 1
 }
 export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"
 cd "$src"   # from here on, nothing of the developer's tree is imported
-ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$libasan:$libubsan" python3 - <<'EOF'
+ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$libasan:$libubsan" "$PYTHON" - <<'EOF'
 import hvkvm.vmbus._hvring as m, os, sys
 src = os.environ["PYTHONPATH"].split(":")[0]
 if not m.__file__.startswith(src):
@@ -69,7 +71,7 @@ if ! nm -D "$src"/hvkvm/vmbus/_hvring*.so | grep __asan_init >/dev/null; then
 fi
 
 # Guest images first, without the sanitizer runtime in gcc.
-python3 - <<'EOF'
+"$PYTHON" - <<'EOF'
 from hvkvm import images
 for name in ("hostile_vmbus", "hostile_cpu", "hostile_dev", "vmbus_echo"):
     images.build_image(name)
@@ -80,13 +82,15 @@ if [ $# -eq 0 ]; then
     set -- tests/test_hostile.py tests/test_hostile_units.py tests/test_parsers_property.py
 fi
 [ -e /dev/kvm ] && export HVKVM_REQUIRE_KVM=1
+# tests/test_sanitize.py sees this and does not start ci/sanitize.sh again from inside it.
+export HVKVM_SANITIZED=1
 
 # detect_leaks=0: CPython's own allocations are not ours to judge. abort_on_error: a report ends
 # the process (pytest then fails). handle_segv=1: a fault in C is reported with its stack.
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:handle_segv=1:allow_user_segv_handler=1:log_path=$work/reports/asan:log_exe_name=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/ubsan"
 rc=0
-LD_PRELOAD="$libasan:$libubsan" python3 -m pytest -p no:cacheprovider -q "$@" || rc=$?
+LD_PRELOAD="$libasan:$libubsan" "$PYTHON" -m pytest -p no:cacheprovider -q "$@" || rc=$?
 t_end=$(date +%s)
 
 reports=$(find "$work/reports" -type f | wc -l)

@@ -8,8 +8,10 @@ bounded time (``HVKVM_FUZZ_SECONDS``, default 20 s each) from a copy of the corp
 sanitizer report or a broken invariant fails the test and names the input: add it to the
 corpus as ``crash-<what>`` (it is replayed from then on) and fix the C.
 
-Needs clang and its compiler-rt (Debian 12: ``apt-get install clang libclang-rt-14-dev``);
-skipped with that reason otherwise.
+Needs clang and its compiler-rt (Debian 12: ``apt-get install clang libclang-rt-14-dev``, which
+``.ci/run`` installs): skipped with that reason otherwise, but a failure under
+``HVKVM_REQUIRE_TOOLS=1`` or ``HVKVM_REQUIRE_KVM=1`` (CI), where a skip would hide that the fuzzers
+never ran.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ FLAGS = ["-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-reco
          "-fno-omit-frame-pointer", "-DHVR_HOSTED", f"-I{CSRC}", "-Wall", "-Wno-unused-function"]
 
 
+def _missing(why: str):
+    """Skip, or fail where CI installed the tools and a skip would pass unnoticed."""
+    if "1" in (os.environ.get("HVKVM_REQUIRE_TOOLS"), os.environ.get("HVKVM_REQUIRE_KVM")):
+        pytest.fail(f"{why} (HVKVM_REQUIRE_TOOLS/HVKVM_REQUIRE_KVM=1: .ci/run installs it)")
+    pytest.skip(why)
+
+
 def _clang() -> str | None:
     return shutil.which("clang") or next(
         (p for p in (shutil.which(f"clang-{v}") for v in range(20, 13, -1)) if p), None)
@@ -47,7 +56,7 @@ def _clang() -> str | None:
 def clang(tmp_path_factory):
     cc = _clang()
     if cc is None:
-        pytest.skip(f"clang not installed (Debian: apt-get install {PACKAGES})")
+        _missing(f"clang not installed (Debian: apt-get install {PACKAGES})")
     probe = tmp_path_factory.mktemp("probe")
     src = probe / "p.c"
     src.write_text("#include <stdint.h>\n#include <stddef.h>\n"
@@ -56,7 +65,7 @@ def clang(tmp_path_factory):
     res = subprocess.run([cc, "-fsanitize=fuzzer,address,undefined", str(src), "-o",
                           str(probe / "p")], capture_output=True, text=True)
     if res.returncode != 0:
-        pytest.skip(f"clang cannot link libFuzzer/ASan (Debian: apt-get install {PACKAGES}): "
+        _missing(f"clang cannot link libFuzzer/ASan (Debian: apt-get install {PACKAGES}): "
                     f"{res.stderr.strip().splitlines()[-1] if res.stderr.strip() else ''}")
     return cc
 
