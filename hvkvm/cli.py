@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("file", metavar="FILE.json")
     plot.add_argument("--out", metavar="DIR", required=True, help="directory for the PNGs")
 
+    demo = sub.add_parser("demo", help="every VSC against its VSP in one partition, narrated")
+    demo.add_argument("--no-net", action="store_true", help="skip the network part")
+    demo.add_argument("--timeout", type=_seconds, default=120.0, help="guest limit, seconds")
+
     doc = sub.add_parser("doctor", help="check /dev/kvm and say which kind of KVM this is")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--no-probe", action="store_true", help="skip the CPL0/CPL3 timing probe")
@@ -656,6 +660,12 @@ def cmd_doctor(args) -> int:
     return 0 if rep.ok else 1
 
 
+def cmd_demo(args) -> int:
+    """``hvkvm demo``: hvkvm/demo.py, imported only when asked for."""
+    from .demo import cmd_demo as run
+    return run(args)
+
+
 def _service_handlers() -> dict:
     """``service``, ``vm`` and ``events`` (hvkvm.service; no FastAPI import here)."""
     from .service.cli import HANDLERS
@@ -672,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         handler = {"run": cmd_run, "images": cmd_images, "doctor": cmd_doctor,
                    "bench": cmd_bench, "disk": cmd_disk, "test": cmd_test,
+                   "demo": cmd_demo,
                    **_service_handlers()}[args.command]
         return handler(args)
     except UsageError as e:
