@@ -126,6 +126,7 @@ class Demo:
         self.stopped = threading.Event()     # the guest closed its NIC (SYNC 8)
         self.failure: str | None = None      # a host-side failure while the guest ran
         self.t0 = time.monotonic()
+        self.disk_path: str | None = None    # the temporary disk file while the demo runs
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ class Demo:
 
             tmp = tempfile.mkdtemp(prefix="hvkvm-demo-")
             st.callback(shutil.rmtree, tmp, True)
-            path = os.path.join(tmp, "disk.img")
+            path = self.disk_path = os.path.join(tmp, "disk.img")
             try:
                 create_disk(path, DISK_BYTES)
                 disk = st.enter_context(Disk(path))
@@ -287,8 +288,9 @@ class Demo:
                                   f"verified")
 
     def _stage7(self, mac, ip, nvsp, ndis, *_):
+        mac_text = ":".join(f"{b:02x}" for b in mac.to_bytes(6, "big"))
         self.host(f"netvsc: NVSP {nvsp >> 16}.{nvsp & 0xffff} and RNDIS set up; guest MAC "
-                  f"{':'.join(f'{b:02x}' for b in mac.to_bytes(6, 'big'))}; pinging {GUEST_IP} from namespace {self.ns.name}")
+                  f"{mac_text}; pinging {GUEST_IP} from namespace {self.ns.name}")
         t = threading.Thread(target=self._net_traffic, name="demo-net", daemon=True)
         self.threads.append(t)
         t.start()
@@ -390,7 +392,7 @@ class Demo:
 
     def _summary(self, result, kvm: dict) -> int:
         from .vsp.ic_wire import HV_S_OK
-        if self.hb.beats >= MIN_HEARTBEATS and self.hb.bad == 0:
+        if self.hb.beats and self.hb.bad == 0 and self.hb.error_count == 0:
             self.status["heartbeat"] = "ok"
         elif self.hb.state != "closed" or self.hb.beats:
             self.status["heartbeat"] = "failed"
@@ -401,12 +403,13 @@ class Demo:
             self.detail["shutdown"] = "requested, acknowledged, guest exited 0"
         elif self.sd.requests:
             self.status["shutdown"] = "failed"
+        interrupted = result.status == "host-error" and "interrupted" in result.reason
         if not result.passed:
             for key, _ in PARTS:
                 if self.status[key] == "skipped" and not (key == "netvsc" and
                                                           self.netvsc is None):
-                    self.status[key] = "failed"
-                    self.detail[key] = "did not finish"
+                    self.status[key] = "stopped" if interrupted else "failed"
+                    self.detail[key] = "interrupted" if interrupted else "did not finish"
         w = self.out.write
         w("\nsummary\n")
         for key, name in PARTS:
@@ -424,14 +427,13 @@ class Demo:
               f"already pending merge)")
         w("\n")
         self.out.flush()
-        if result.status == "host-error" and "interrupted" in result.reason:
+        if interrupted:
             print("hvkvm demo: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         bad = [name for key, name in PARTS if self.status[key] == "failed"]
         if not result.passed:
-            why = result.reason + (f": {result.detail.splitlines()[0]}" if result.detail and
-                                   result.status != "timeout" else "")
-            print(f"hvkvm demo: failed: the guest did not finish: {why}", file=sys.stderr)
+            print(f"hvkvm demo: failed: the guest did not finish: {result.reason}",
+                  file=sys.stderr)
             return EXIT_FAILED
         if self.failure or bad:
             print(f"hvkvm demo: failed: {self.failure or ', '.join(bad) + ' failed'}",

@@ -22,7 +22,8 @@
  *                        2 netvsc, 3 heartbeat, 4 shutdown)
  * SYNC 2 ICs started:    ICs started, heartbeat relid, shutdown relid
  * SYNC 3 echo done:      round trips, bytes, min / mean / max round-trip ns
- * SYNC 4 disk probed:    storvsc protocol version, blocks, block size, max transfer, write protected
+ * SYNC 4 disk probed:    storvsc protocol version, blocks, block size, max transfer, write
+ *                        protected
  * SYNC 5 disk written:   blocks written, WRITEs, flushes (the read-back starts when it returns)
  * SYNC 6 disk verified:  blocks verified, READs, bytes
  * SYNC 7 NIC up:         MAC (48-bit, first byte highest), IP, NVSP version, NDIS version
@@ -147,7 +148,7 @@ static void disk_failed(const char *what, struct demo_disk *k)
 		storvsc_describe(&k->failed, text, sizeof(text));
 	else
 		hv_snprintf(text, sizeof(text), "%s", storvsc_strerror(k->error));
-	HV_ASSERT(0, "demo: storvsc: %s failed: %s", what, text);
+	HV_ASSERT(k->error == 0, "demo: storvsc: %s failed: %s", what, text);
 }
 
 static void run_storvsc(uint64_t disk_kb, uint64_t seed, uint64_t stall_cycles)
@@ -190,11 +191,10 @@ static void run_storvsc(uint64_t disk_kb, uint64_t seed, uint64_t stall_cycles)
 	hv_sync(5, k->blocks, k->writes, k->flushes);
 
 	rc = hv_run_user(demo_disk_check_task, k);
-	if (rc == DEMO_MISMATCH)
-		HV_ASSERT(0, "demo: storvsc: read-back differs at LBA %llu byte %u: the disk holds "
-			  "0x%016llx where 0x%016llx was written", (unsigned long long)k->bad_lba,
-			  k->bad_byte, (unsigned long long)k->bad_got,
-			  (unsigned long long)k->bad_want);
+	HV_ASSERT(rc != DEMO_MISMATCH, "demo: storvsc: read-back differs at LBA %llu byte %u: the "
+		  "disk holds 0x%016llx where 0x%016llx was written",
+		  (unsigned long long)k->bad_lba, k->bad_byte, (unsigned long long)k->bad_got,
+		  (unsigned long long)k->bad_want);
 	if (rc != 0)
 		disk_failed("READ", k);
 	hv_log("demo: storvsc: read %llu KiB back in %llu READ(16)s: every byte as written "
