@@ -124,6 +124,8 @@ class Demo:
         self.ns: NetNamespace | None = None
         self.threads: list[threading.Thread] = []
         self.stopped = threading.Event()     # the guest closed its NIC (SYNC 8)
+        self.ended = threading.Event()       # the run is over: host threads give up waiting
+        self.net: dict | None = None         # what the namespace's ping and UDP echo saw
         self.failure: str | None = None      # a host-side failure while the guest ran
         self.t0 = time.monotonic()
         self.disk_path: str | None = None    # the temporary disk file while the demo runs
@@ -216,10 +218,13 @@ class Demo:
                 st.callback(kstats.close)
             self.host(f"partition: 64 MiB of RAM, 1 vCPU; booting with command line "
                       f"\"{cmdline}\"")
-            result = part.run()
+            try:
+                result = part.run()
+            finally:
+                self.ended.set()
             kvm = kstats.read() if kstats is not None else {}
             for t in self.threads:
-                t.join(10)
+                t.join(5)
             return self._summary(result, kvm)
 
     def _finish_early(self, text: str) -> int:
@@ -297,7 +302,7 @@ class Demo:
 
     def _stage8(self, pings, echoed, arp, rx, drops, *_):
         self.stopped.set()
-        net = self.detail.get("_net")
+        net = self.net
         if net is None:
             return
         ok = net["replies"] == PINGS and net["udp_ok"] == UDP_ECHOES and \
@@ -324,32 +329,25 @@ class Demo:
         ns = self.ns
         net = {"replies": 0, "rtts": [], "udp_ok": 0}
         try:
-            r = ns.exec("ping", "-c", str(PINGS), "-i", "0.2", "-W", "2", GUEST_IP)
-            rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
+            stdout = self._ping()
+            rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", stdout)]
             net["replies"], net["rtts"] = len(rtts), rtts
             if rtts:
                 self.host(f"ping from the namespace: {len(rtts)}/{PINGS} replies, RTT "
                           f"{' '.join(f'{x:g}' for x in rtts)} ms (min {min(rtts):g}, avg "
                           f"{sum(rtts) / len(rtts):.3f}, max {max(rtts):g})")
             else:
-                self.host(f"ping from the namespace: no replies ({r.stdout.strip()[-200:]})")
+                self.host(f"ping from the namespace: no replies ({stdout.strip()[-200:]})")
             with ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(2.0)
+                s.settimeout(0.5)
                 for i in range(UDP_ECHOES):
-                    data = os.urandom(32 << i)
-                    s.sendto(data, (GUEST_IP, 7))
-                    try:
-                        got, addr = s.recvfrom(4096)
-                    except socket.timeout:
-                        continue
-                    if got == data and addr == (GUEST_IP, 7):
-                        net["udp_ok"] += 1
+                    net["udp_ok"] += self._udp_echo(s, os.urandom(32 << i))
             self.host(f"UDP echo from the namespace: {net['udp_ok']}/{UDP_ECHOES} datagrams "
                       f"came back byte for byte; sending STOP to port 9")
         except (OSError, subprocess.SubprocessError) as e:
             self._fail(f"network traffic from the namespace failed: {e}")
         finally:
-            self.detail["_net"] = net
+            self.net = net
             rtts = net["rtts"]
             self.detail["netvsc"] = (f"{net['replies']}/{PINGS} pings" +
                                      (f" (RTT avg {sum(rtts) / len(rtts):.3f} ms)" if rtts
@@ -357,27 +355,67 @@ class Demo:
                                      f", {net['udp_ok']}/{UDP_ECHOES} UDP echoes")
             self._send_stop()
 
+    def _ping(self) -> str:
+        """``ping`` the guest from inside the namespace; its output (killed if the run ends)."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns.name, "ping", "-c", str(PINGS),
+                              "-i", "0.2", "-W", "2", GUEST_IP], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        try:
+            while True:
+                try:
+                    return p.communicate(timeout=0.2)[0]
+                except subprocess.TimeoutExpired:
+                    if self.ended.is_set():
+                        p.kill()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def _udp_echo(self, s: socket.socket, data: bytes) -> int:
+        """1 if ``data`` comes back from the guest's port 7 byte for byte (UDP: 6 tries of
+        half a second; none once the run is over)."""
+        for _ in range(6):
+            if self.ended.is_set():
+                break
+            s.sendto(data, (GUEST_IP, 7))
+            try:
+                while True:
+                    got, addr = s.recvfrom(4096)
+                    if addr == (GUEST_IP, 7):
+                        return int(got == data)
+            except socket.timeout:
+                pass
+        return 0
+
     def _send_stop(self) -> None:
         try:
             with self.ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for _ in range(5):   # UDP: repeat until the guest says it stopped
                     s.sendto(b"STOP", (GUEST_IP, 9))
-                    if self.stopped.wait(1.0):
+                    if self.stopped.wait(1.0) or self.ended.is_set():
                         return
         except OSError as e:
             self._fail(f"cannot send STOP to the guest: {e}")
 
     def _shutdown(self) -> None:
         """Wait for a few heartbeats, then request a shutdown and wait for the answer."""
-        if not self.hb.wait_beats(MIN_HEARTBEATS, 30):
-            self._fail(f"the guest answered only {self.hb.beats} heartbeat(s) in 30 s")
-            self.part.request_stop("no heartbeats", status="fail")
-            return
+        deadline = time.monotonic() + 30
+        while not self.hb.wait_beats(MIN_HEARTBEATS, 0.2):
+            if self.ended.is_set():
+                return
+            if time.monotonic() > deadline:
+                self._fail(f"the guest answered only {self.hb.beats} heartbeat(s) in 30 s")
+                self.part.request_stop("no heartbeats", status="fail")
+                return
         self.host(f"heartbeat: the guest answered {self.hb.beats} heartbeats (sequence "
                   f"{self.hb.sequence}); requesting a shutdown")
         self.sd.request_shutdown("hvkvm demo: every VSC checked")
-        status = self.sd.wait_acknowledged(30)
-        if status != 0:
+        deadline = time.monotonic() + 30
+        while (status := self.sd.wait_acknowledged(0.2)) is None:
+            if self.ended.is_set() or time.monotonic() > deadline:
+                break
+        if status != 0 and not self.ended.is_set():
             self._fail(f"the shutdown request was not acknowledged (status {status})")
 
     def _plane_signals(self) -> int:
