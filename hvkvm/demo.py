@@ -87,11 +87,6 @@ class NetNamespace:
             self.close()
             raise
 
-    def exec(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run ``cmd`` inside the namespace."""
-        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True,
-                              text=True, timeout=timeout)
-
     def socket(self, *args) -> socket.socket:
         """A socket created inside the namespace (it stays there whichever thread uses it)."""
         from .vsp.netvsc import _in_netns
@@ -158,6 +153,7 @@ class Demo:
         from .vsp.disk import Disk, DiskError, create_disk
         from .vsp.echo import EchoVsp
         from .vsp.ic import HeartbeatVsp, ShutdownVsp
+        from .vsp.netvsc import NetError
         from .vsp.storvsc import StorvscVsp
 
         self.out.write("hvkvm demo: one child partition (a KVM VM), one VMBus, and each of the "
@@ -197,7 +193,7 @@ class Demo:
                     self.netvsc = self._setup_network(st)
                     vsps.append(self.netvsc)
                     cmdline += f" ip={GUEST_IP}/{PREFIX}"
-                except (OSError, subprocess.SubprocessError) as e:
+                except (OSError, NetError, subprocess.SubprocessError) as e:
                     reason = f"cannot set up the namespace and TAP: {e}"
             if reason is not None:
                 self.host(f"network: skipped: {reason}")
@@ -211,6 +207,8 @@ class Demo:
             except KvmUnavailable as e:
                 print(f"hvkvm demo: KVM unavailable: {e} (run `hvkvm doctor`)", file=sys.stderr)
                 return EXIT_NO_KVM
+            except (OSError, ValueError) as e:
+                return self._finish_early(f"cannot build the partition: {e}")
             st.enter_context(part)
             self.part = part
             kstats = self._kvm_stats(part)
@@ -279,13 +277,15 @@ class Demo:
                   f"{plane.get('kicks', '?')} time(s)")
 
     def _stage4(self, version, blocks, block_size, max_transfer, wp, *_):
+        self.block_size = block_size
         self.host(f"storvsc: vstor handshake done (protocol {version >> 8}.{version & 0xff}); "
                   f"the C thread now serves SCSI requests with preadv/pwritev on the file "
                   f"(max transfer {max_transfer // 1024} KiB)")
 
     def _stage5(self, blocks, writes, flushes, *_):
-        self.host(f"storvsc: SYNCHRONIZE CACHE answered after fdatasync: {blocks * 512 // 1024} "
-                  f"KiB of the guest's pattern are on disk; the guest now reads it back")
+        self.host(f"storvsc: SYNCHRONIZE CACHE answered after fdatasync: "
+                  f"{blocks * self.block_size // 1024} KiB of the guest's pattern are in the "
+                  f"file; the guest now reads it back")
 
     def _stage6(self, blocks, reads, nbytes, *_):
         self.status["storvsc"] = "ok"
@@ -319,8 +319,8 @@ class Demo:
         t.start()
 
     def _stage10(self, flags, beats, last_seq, *_):
-        self.host(f"shutdown: the guest acknowledged (HV_S_OK) after answering {beats} "
-                  f"heartbeats; it exits with code 0")
+        self.host(f"shutdown: the guest answered the request (HV_S_OK) after {beats} "
+                  f"heartbeats and exits with code 0")
 
     # -- host threads ------------------------------------------------------------------------------
 
@@ -436,7 +436,10 @@ class Demo:
             self.status["heartbeat"] = "failed"
         self.detail["heartbeat"] = f"{self.hb.beats} heartbeats answered, none wrong" \
             if self.hb.bad == 0 else f"{self.hb.bad} wrong answers"
-        if self.sd.last_status == HV_S_OK and result.passed and 10 in self.syncs:
+        # The guest stops right after its answer: give the VSP's thread a moment to read it.
+        acked = self.sd.wait_acknowledged(5) if self.sd.requests and result.passed else \
+            self.sd.last_status
+        if acked == HV_S_OK and result.passed and 10 in self.syncs:
             self.status["shutdown"] = "ok"
             self.detail["shutdown"] = "requested, acknowledged, guest exited 0"
         elif self.sd.requests:
