@@ -272,9 +272,10 @@ class Demo:
         self.detail["echo"] = (f"{done} round trips, {nbytes} bytes checked, RTT min "
                                f"{min_ns / 1000:.0f} us, max {max_ns / 1000:.0f} us")
         self.host(f"echo: the C data plane echoed {plane.get('packets', '?')} packets "
-                  f"({plane.get('bytes', '?')} bytes) with no Python on the data path; it "
-                  f"raised {plane.get('signals', '?')} interrupt(s) and was kicked "
-                  f"{plane.get('kicks', '?')} time(s)")
+                  f"({plane.get('bytes', '?')} bytes) with no Python on the data path; "
+                  f"kicked {plane.get('kicks', '?')} time(s) (ioeventfd), it raised "
+                  f"{plane.get('signals', '?')} interrupt(s): the guest polls with the ring's "
+                  f"interrupt_mask set")
 
     def _stage4(self, version, blocks, block_size, max_transfer, wp, *_):
         self.block_size = block_size
