@@ -155,6 +155,33 @@ int blk_close(struct blkdev *b);
 uint64_t blk_tsc_hz(void);
 /* The kind named by `dev`, or BLK_NONE. */
 enum blk_kind blk_kind_of(const char *dev);
+/* Open the workload's disk as the command line names it: dev=storvsc|virtio|ata|mmio (storvsc)
+ * with blk_options_from_cmdline()'s keys. A bad dev= or a failed open is an ASSERT that starts
+ * with `who` (storvsc: "who: storvsc_open: rc (why; VMBus a.b, protocol c.d)"). The options used
+ * are copied to *o unless o is NULL. */
+void blk_open_from_cmdline(struct blkdev *b, const char *who, struct blk_options *o);
+
+/* A workload that keeps `qd` requests of `chunk` bytes in flight, each in its own buffer. */
+struct blk_job {
+	struct blkdev *d;
+	uint32_t ring;         /* where the I/O loop runs: 3 (a ring-3 task) or 0 */
+	uint32_t chunk;        /* bytes per request */
+	uint32_t qd;           /* requests in flight */
+	uint32_t qd_max;       /* blk_qd_max(d, chunk) */
+	uint32_t stride;       /* bytes between buffers (whole pages) */
+	uint32_t buf_offset;   /* each buffer starts this far into a page */
+	uint8_t *bufs;         /* qd buffers from storvsc_dma_alloc() */
+};
+
+/* blk_open_from_cmdline(d, who, NULL), then the job from the command line: ring=3|0 (3)
+ * bs=BYTES (default_bs, at most the device's max transfer, a multiple of its block size) qd=N
+ * (default_qd, at most blk_qd_max) buf_offset=N (0..4095); the buffers allocated. A bad value is
+ * an ASSERT that starts with `who`. */
+void blk_job_from_cmdline(struct blk_job *j, struct blkdev *d, const char *who,
+			  uint32_t default_bs, uint32_t default_qd);
+/* SYNC 1 (protocol version, blocks, max transfer bytes, qd max, write protected), then
+ * task(arg) where j->ring says: a ring-3 task (which must return 0) or a call in ring 0. */
+void blk_job_run(const struct blk_job *j, int (*task)(void *arg), void *arg);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Any ring (rt/u_blkdev.c). */
@@ -179,6 +206,12 @@ const struct blk_counters *blk_counters(struct blkdev *b);
  * (virtio status 1)"; storvsc: storvsc_describe()). */
 const char *blk_strerror(const struct blkdev *b, int err);
 int blk_describe(const struct blkdev *b, const struct blk_completion *c, char *buf, size_t size);
+
+/* Buffer i of a job. */
+static inline uint8_t *blk_job_buf(const struct blk_job *j, uint32_t i)
+{
+	return j->bufs + (size_t)i * j->stride + j->buf_offset;
+}
 
 static inline uint64_t blk_rdtsc(void)
 {

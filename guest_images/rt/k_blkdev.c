@@ -1,6 +1,7 @@
 /*
  * k_blkdev.c - the block-device layer's kernel part (ring 0): options, the TSC rate, opening and
- * closing a device of any kind. See include/blkdev.h.
+ * closing a device of any kind, a workload's disk and buffers from the command line. See
+ * include/blkdev.h.
  */
 #include "blkdev.h"
 #include "rt.h"
@@ -231,4 +232,69 @@ int blk_close(struct blkdev *b)
 	default:
 		return BLK_EINVAL;
 	}
+}
+
+void blk_open_from_cmdline(struct blkdev *b, const char *who, struct blk_options *o)
+{
+	struct blk_options opts;
+	char dev[16] = "storvsc";
+	int rc;
+
+	hv_arg("dev", dev, sizeof(dev));
+	HV_ASSERT(blk_kind_of(dev) != BLK_NONE,
+		  "%s: dev must be storvsc, virtio, ata or mmio, not '%s'", who, dev);
+	blk_options_from_cmdline(&opts);
+	if (o)
+		*o = opts;
+	rc = blk_open(b, dev, &opts);
+	if (rc && b->kind == BLK_STORVSC) {
+		/* the device state is not there when its allocation was what failed */
+		uint32_t proto = b->u.storvsc ? b->u.storvsc->version : 0;
+
+		HV_ASSERT(0, "%s: storvsc_open: %d (%s; VMBus %u.%u, protocol %u.%u)", who, rc,
+			  storvsc_strerror(rc), vmbus_conn.version >> 16,
+			  vmbus_conn.version & 0xffff, proto >> 8, proto & 0xff);
+	}
+	HV_ASSERT(rc == 0, "%s: opening %s disk %u: %d (%s)", who, dev, opts.index, rc,
+		  blk_strerror(b, rc));
+}
+
+void blk_job_from_cmdline(struct blk_job *j, struct blkdev *d, const char *who,
+			  uint32_t default_bs, uint32_t default_qd)
+{
+	uint64_t chunk, qd;
+
+	memset(j, 0, sizeof(*j));
+	j->ring = (uint32_t)hv_arg_u64("ring", 3);
+	HV_ASSERT(j->ring == 0 || j->ring == 3, "%s: ring must be 0 or 3", who);
+	blk_open_from_cmdline(d, who, NULL);
+	j->d = d;
+	chunk = hv_arg_u64("bs", default_bs);
+	if (chunk > d->max_transfer)
+		chunk = d->max_transfer;
+	HV_ASSERT(chunk >= d->block_size && chunk % d->block_size == 0,
+		  "%s: bs must be a multiple of %u", who, d->block_size);
+	j->chunk = (uint32_t)chunk;
+	j->qd_max = blk_qd_max(d, j->chunk);
+	qd = hv_arg_u64("qd", default_qd);
+	if (qd > j->qd_max)
+		qd = j->qd_max;
+	HV_ASSERT(qd >= 1, "%s: qd must be >= 1", who);
+	j->qd = (uint32_t)qd;
+	j->buf_offset = (uint32_t)hv_arg_u64("buf_offset", 0);
+	HV_ASSERT(j->buf_offset < HVR_PAGE_SIZE, "%s: buf_offset must be 0..4095", who);
+	j->stride = (j->buf_offset + j->chunk + HVR_PAGE_SIZE - 1) & ~(HVR_PAGE_SIZE - 1);
+	j->bufs = storvsc_dma_alloc((uint64_t)j->stride * j->qd);
+	HV_ASSERT(j->bufs, "%s: no RAM for %u buffers of %u bytes", who, j->qd, j->chunk);
+}
+
+void blk_job_run(const struct blk_job *j, int (*task)(void *arg), void *arg)
+{
+	const struct blkdev *d = j->d;
+
+	hv_sync(1, d->version, d->blocks, d->max_transfer, j->qd_max, d->write_protected);
+	if (j->ring == 3)
+		HV_ASSERT_EQ(hv_run_user(task, arg), 0);
+	else
+		task(arg);
 }

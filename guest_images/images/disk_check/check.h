@@ -7,13 +7,8 @@
 #include "blkdev.h"
 
 struct check_run {
-	struct blkdev *d;
+	struct blk_job j;   /* the disk, READs of j.chunk bytes, j.qd in flight */
 	uint64_t seed;
-	uint32_t chunk;     /* bytes per READ */
-	uint32_t qd;        /* READs in flight */
-	uint32_t stride;
-	uint32_t buf_offset; /* each buffer starts this far into a page */
-	uint8_t *bufs;
 	uint64_t sectors, bytes, ios, cycles;
 	/* the lowest mismatching sector found, ~0 if none */
 	uint64_t bad_lba, bad_word[2];

@@ -50,16 +50,16 @@ static void check(struct check_run *k, const uint8_t *buf, uint64_t lba, uint32_
 int check_task(void *arg)
 {
 	struct check_run *k = arg;
-	struct blkdev *d = k->d;
+	struct blkdev *d = k->j.d;
 	uint64_t total = d->blocks * (d->block_size / BLK_SECTOR);
 	uint64_t next = 0, t0 = blk_rdtsc();
-	uint32_t per_io = k->chunk / BLK_SECTOR, nfree = k->qd, spb;
+	uint32_t per_io = k->j.chunk / BLK_SECTOR, nfree = k->j.qd, spb;
 	char text[200];
 	int rc;
 
 	spb = d->block_size / BLK_SECTOR;
 	k->bad_lba = ~0ULL;
-	for (uint32_t i = 0; i < k->qd; i++)
+	for (uint32_t i = 0; i < k->j.qd; i++)
 		free_bufs[i] = (uint16_t)i;
 	/* After a mismatch nothing new is read; what is in flight (lower LBAs among it) is still
 	 * checked, so the report names the lowest bad sector. */
@@ -67,7 +67,7 @@ int check_task(void *arg)
 		while (next < total && k->bad_lba == ~0ULL && nfree) {
 			uint32_t idx = free_bufs[nfree - 1];
 			uint32_t n = total - next < per_io ? (uint32_t)(total - next) : per_io;
-			uint8_t *buf = k->bufs + (size_t)idx * k->stride + k->buf_offset;
+			uint8_t *buf = blk_job_buf(&k->j, idx);
 
 			rc = blk_submit(d, BLK_OP_READ, next / spb, n / spb, buf, idx);
 			if (rc == BLK_EAGAIN)

@@ -7,13 +7,8 @@
 #include "blkdev.h"
 
 struct fill_run {
-	struct blkdev *d;
+	struct blk_job j;   /* the disk, WRITEs of j.chunk bytes, j.qd in flight */
 	uint64_t seed;
-	uint32_t chunk;     /* bytes per WRITE */
-	uint32_t qd;        /* WRITEs in flight */
-	uint32_t stride;
-	uint32_t buf_offset; /* each buffer starts this far into a page */
-	uint8_t *bufs;
 	uint64_t sectors, bytes, ios, cycles;
 };
 

@@ -22,22 +22,22 @@ static void stamp(uint8_t *buf, uint64_t lba, uint32_t sectors, uint64_t seed)
 int fill_task(void *arg)
 {
 	struct fill_run *f = arg;
-	struct blkdev *d = f->d;
+	struct blkdev *d = f->j.d;
 	uint64_t total = d->blocks * (d->block_size / BLK_SECTOR); /* 512-byte sectors */
 	uint64_t next = 0, t0 = blk_rdtsc();
-	uint32_t per_io = f->chunk / BLK_SECTOR, nfree = f->qd;
+	uint32_t per_io = f->j.chunk / BLK_SECTOR, nfree = f->j.qd;
 	struct blk_completion c;
 	char text[200];
 	int rc;
 
-	for (uint32_t i = 0; i < f->qd; i++) {
+	for (uint32_t i = 0; i < f->j.qd; i++) {
 		free_bufs[i] = (uint16_t)i;
-		memset(f->bufs + (size_t)i * f->stride + f->buf_offset, 0, f->chunk);
+		memset(blk_job_buf(&f->j, i), 0, f->j.chunk);
 	}
 	while (next < total || blk_counters(d)->inflight) {
 		while (next < total && nfree) {
 			uint32_t idx = free_bufs[nfree - 1];
-			uint8_t *buf = f->bufs + (size_t)idx * f->stride + f->buf_offset;
+			uint8_t *buf = blk_job_buf(&f->j, idx);
 			uint32_t n = total - next < per_io ? (uint32_t)(total - next) : per_io;
 			uint32_t spb = d->block_size / BLK_SECTOR;
 
