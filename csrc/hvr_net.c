@@ -47,6 +47,21 @@ static void record(struct hvr_net *n, uint32_t code, uint32_t a, uint32_t b, uin
 		(void)!write(n->err_fd, &one, sizeof(one));
 }
 
+/*
+ * The guest revoked a buffer: from here on this thread never touches it, so the parent may
+ * complete a GPADL teardown of it. The flag is published before the parent is woken (release:
+ * whoever reads the flag set also sees every earlier access of ours done), and the parent reads
+ * it after the eventfd (hvkvm/vsp/netvsc.py _check_revoked).
+ */
+static void buffer_revoked(struct hvr_net *n, uint32_t *flag)
+{
+	uint64_t one = 1;
+
+	__atomic_store_n(flag, 1, __ATOMIC_RELEASE);
+	if (n->err_fd >= 0)
+		(void)!write(n->err_fd, &one, sizeof(one));
+}
+
 int hvr_net_pop_error(struct hvr_net *n, struct hvr_net_error *out)
 {
 	uint32_t tail = n->err_tail;
@@ -855,13 +870,13 @@ int hvr_net_handler(struct hvr_plane *p, const struct hvr_pkt *pkt)
 		return HVR_OK;
 	case NVSP_MSG1_TYPE_REVOKE_RECV_BUF:
 		if (n->recv_buf && msg.msg.v1_msg.revoke_recv_buf.id == n->recv_buf_id)
-			n->recv_revoked = 1;
+			buffer_revoked(n, &n->recv_revoked);
 		else
 			record(n, HVR_NET_ERR_NVSP_TYPE, msg.hdr.msg_type, 0, 0);
 		return HVR_OK;
 	case NVSP_MSG1_TYPE_REVOKE_SEND_BUF:
 		if (n->send_buf)
-			n->send_revoked = 1;
+			buffer_revoked(n, &n->send_revoked);
 		else
 			record(n, HVR_NET_ERR_NVSP_TYPE, msg.hdr.msg_type, 0, 0);
 		return HVR_OK;

@@ -125,8 +125,8 @@ struct hvr_net {
 	uint32_t rndis_initialized;
 	uint32_t packet_filter;
 	uint32_t link_reported;      /* what the guest was last told */
-	uint32_t recv_revoked;
-	uint32_t send_revoked;
+	uint32_t recv_revoked;       /* the guest revoked the buffer: never touched again; */
+	uint32_t send_revoked;       /* set (release) before err_fd is written */
 	uint32_t rx_blocked;         /* internal: 1 waiting for sections, 2 for ring space */
 	uint32_t tap_dead;           /* the TAP failed (e.g. its device was deleted): not used */
 	/* owned: hvr_net_init() allocates, hvr_net_fini() frees */

@@ -223,7 +223,7 @@ def test_gpadl_teardown_of_an_open_ring_waits_for_the_close(make_partition, vmbu
     o = run_vmbus(make_partition, vmbus_image, "gpadl_teardown_open")
     check_survived(o, victim_works=True)
     assert o.syncs[SYNC_DONE][:2] == (0, 4)
-    assert o.error_matching("while its channel is open; deferred until close")
+    assert o.error_matching("while its channel is open and the host uses it; deferred")
     assert not o.p.vmbus.channels.channels[1].gpadls
 
 
@@ -319,6 +319,32 @@ def test_hypercall_floods_are_counted_not_kept(make_partition, vmbus_image, atta
         assert refused > count // 2 and o.p.hv.stats["bad_hypercalls"] >= refused
     assert len(cs.errors) == MAX_ERRORS_KEPT or cs.error_count < MAX_ERRORS_KEPT
     assert len(o.p.hv._warned) <= 256
+    assert len(o.logs) < LOG_BOUND
+
+
+def test_message_rate_over_the_limit_is_refused_with_insufficient_buffers(make_partition,
+                                                                          vmbus_image, caplog):
+    """Past the partition's HvPostMessage budget (lowered here to 500 a second, burst 500) a
+    flood is refused with HV_STATUS_INSUFFICIENT_BUFFERS (counted, logged once); the parent
+    serves the rest, and the guest's later channel messages (retried, as Linux retries) and
+    the bystander still work."""
+    caplog.set_level(logging.INFO, logger="hvkvm")
+    n = 20000
+
+    def lower(p):
+        p.hv.messages_per_second = p.hv.message_burst = 500
+        p.hv._tokens = 500.0
+
+    o = run_vmbus(make_partition, vmbus_image, "msg_post_flood", extra=f"count={n}",
+                  before_run=lower, caplog=caplog)
+    check_survived(o, victim_works=True)
+    ok, refused, _last = o.syncs[SYNC_DONE][:3]
+    hv = o.p.hv
+    assert ok + refused == n and ok >= 400 and refused > 0
+    assert hv.stats["messages_throttled"] >= refused
+    assert o.p.vmbus.channels.error_count >= ok        # what got through was still judged
+    rate_logs = [r for r in o.logs if "messages a second" in r.getMessage()]
+    assert len(rate_logs) == 1, rate_logs
     assert len(o.logs) < LOG_BOUND
 
 
@@ -576,10 +602,51 @@ def test_netvsc_rndis_with_bad_sections_lengths_frames_and_ranges(make_partition
 
 
 @pytest.mark.parametrize("plane", PLANES)
-def test_netvsc_receive_buffer_pulled_from_under_the_parent(make_partition, dev_image, plane):
+def test_netvsc_buffer_teardown_waits_until_the_parent_lets_go(make_partition, dev_image, plane):
+    """GPADL_TEARDOWN of the live receive and send buffers: no GPADL_TORNDOWN until the guest
+    revokes the buffer (a revoke of another id changes nothing); after it the guest reuses the
+    pages and the parent never writes or reads them again, while the channel (and the
+    bystander) keep working."""
     r, p, syncs, _stor, net, _ = run_dev(make_partition, dev_image, "net_recv_buffer_pulled",
                                          plane=plane)
     assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
     matched, n, mask = syncs[SYNC_DONE][:3]
-    assert matched == n and mask == 0
+    assert matched == n == 17 and mask == 0
     assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    errors = list(p.vmbus.errors)
+    assert sum("deferred until the host lets go" in e for e in errors) == 2, errors
+    # Both buffers let go: no GPADL of the NIC is still held or waiting for its teardown.
+    relid = next(iter(net.channels))
+    gpadls = p.vmbus.channels.channels[relid].gpadls
+    assert not [g for g in gpadls.values() if g.teardown_requested], gpadls
+    stats = net.stats()[relid]
+    assert stats["plane"] == plane
+    assert stats["error_kinds"].get("no-buffer", 0) >= 3   # answers and the section refused
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_netvsc_buffer_torn_down_but_never_revoked_is_let_go_at_close(make_partition, dev_image,
+                                                                       plane):
+    """The guest tears the live receive buffer down and never revokes it: the GPADL stays held
+    (no GPADL_TORNDOWN) while the channel is open; closing the channel lets go of it and the
+    deferred GPADL_TORNDOWN goes out then."""
+    from hvkvm.vmbus import wire as w
+    r, p, syncs, _stor, net, _ = run_dev(make_partition, dev_image, "net_recv_buffer_pulled",
+                                         plane=plane, extra="revoke=0")
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    matched, n, mask = syncs[SYNC_DONE][:3]
+    assert matched == n == 8 and mask == 0
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    cs = p.vmbus.channels
+    relid = next(iter(net.channels))
+    held = [g for g in cs.channels[relid].gpadls.values() if g.teardown_requested]
+    assert len(held) == 1 and held[0].users == 1, held
+    sent: list = []
+    orig = cs.send
+    cs.send = lambda payload: (sent.append(payload), orig(payload))
+    with p.vmbus._lock:
+        cs.close_all()
+    torndown = [m for m in sent
+                if int.from_bytes(m[:4], "little") == w.CHANNELMSG_GPADL_TORNDOWN]
+    assert len(torndown) == 1
+    assert held[0].handle not in cs.channels[relid].gpadls and held[0].users == 0

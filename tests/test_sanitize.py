@@ -50,7 +50,7 @@ def _sanitizer_runtimes() -> str | None:
         path = subprocess.run([gcc, f"-print-file-name={lib}"], capture_output=True,
                               text=True).stdout.strip()
         if not os.path.isabs(path) or not os.path.exists(path):
-            return f"gcc has no {lib} (Debian: apt-get install gcc, which brings libasan8/libubsan1)"
+            return f"gcc has no {lib} (Debian: apt-get install gcc; it brings libasan/libubsan)"
     return None
 
 
@@ -72,7 +72,8 @@ def _tail(text: str, lines: int = 80) -> str:
 
 
 def test_hostile_suite_leaves_no_sanitizer_report():
-    """ci/sanitize.sh on the working tree: the whole hostile suite passes, zero ASan/UBSan reports."""
+    """ci/sanitize.sh on the working tree: the whole hostile suite passes, zero ASan/UBSan
+    reports."""
     if os.environ.get("HVKVM_SANITIZED") == "1":
         # We are the inner run of ci/sanitize.sh itself (someone passed it tests/): no recursion.
         pytest.skip("already inside ci/sanitize.sh")

@@ -18,6 +18,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections import deque
 from typing import Callable
 
@@ -115,6 +116,13 @@ class HyperV:
     """
 
     MAX_PENDING_PER_SINT = 64
+    #: HvPostMessage calls a partition may make per second, on average (all connection ids
+    #: together), and how many it may make at once (a token bucket). Over it the call is
+    #: refused with HV_STATUS_INSUFFICIENT_BUFFERS, as Hyper-V does when its message buffers run
+    #: out: a Linux guest (vmbus_post_msg) and hvkvm's runtime retry. It bounds the parent CPU a
+    #: flood of channel messages takes; instance attributes, so a host (or a test) may change them.
+    MESSAGES_PER_SECOND = 20000
+    MESSAGE_BURST = 20000
 
     def __init__(self, memory: GuestMemory, nvps: int, *, signal_msi: Callable[[int, int], object],
                  atomics, tsc_hz: int, apic_hz: int = 1_000_000_000):
@@ -134,7 +142,11 @@ class HyperV:
         self._events: dict[int, int] = {}
         self.stats = {"post_message": 0, "signal_event_exit": 0, "sint_interrupts": 0,
                       "messages_queued": 0, "messages_dropped": 0, "bad_hypercalls": 0,
-                      "msr_gp": 0}
+                      "msr_gp": 0, "messages_throttled": 0}
+        self.messages_per_second = self.MESSAGES_PER_SECOND
+        self.message_burst = self.MESSAGE_BURST
+        self._tokens = float(self.MESSAGE_BURST)
+        self._tokens_at = time.monotonic()
         self._warned: set[str] = set()
 
     # -- guest-triggered warnings, rate-limited ------------------------------------------------
@@ -310,8 +322,26 @@ class HyperV:
         if handler is None:
             return self._bad(f"pm-conn{conn}", HV_STATUS_INVALID_CONNECTION_ID,
                              f"HvPostMessage to unknown connection id {conn}")
+        if not self._take_message_token():
+            self.stats["messages_throttled"] += 1
+            self._warn_once("pm-rate", f"guest posts more than {self.messages_per_second} "
+                                       f"messages a second (burst {self.message_burst}): "
+                                       f"refused with HV_STATUS_INSUFFICIENT_BUFFERS")
+            return HV_STATUS_INSUFFICIENT_BUFFERS
         self.stats["post_message"] += 1
         return handler(vp, mtype, raw[16:16 + size])
+
+    def _take_message_token(self) -> bool:
+        """One HvPostMessage from the partition's bucket (refilled at messages_per_second)."""
+        with self.lock:
+            now = time.monotonic()
+            self._tokens = min(float(self.message_burst), self._tokens + (
+                now - self._tokens_at) * self.messages_per_second)
+            self._tokens_at = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
 
     def unknown_signal(self, connection_id: int) -> int:
         """The fast HvSignalEvent port exited to userspace: no ioeventfd took this id."""

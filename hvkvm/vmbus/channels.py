@@ -359,13 +359,40 @@ class ChannelServer:
             self._send_torndown(msg.gpadl)
             return
         if g.users:
-            # In use by an open channel: finish when the channel lets go.
-            self._error("gpadl-busy", f"GPADL_TEARDOWN of handle {g.handle} while its channel "
-                                      f"is open; deferred until close")
+            # In use (the open channel's rings, or a VSP's buffer such as netvsc's receive
+            # buffer): GPADL_TORNDOWN tells the guest the host no longer touches the pages, so
+            # it waits until the last user lets go (release_gpadl: channel close, NVSP revoke).
+            if not g.teardown_requested:
+                self._error("gpadl-busy", f"GPADL_TEARDOWN of handle {g.handle} while its channel "
+                                          f"is open and the host uses it; deferred until the "
+                                          f"host lets go")
             g.teardown_requested = True
             return
         del ch.gpadls[g.handle]
         self._send_torndown(g.handle)
+
+    def hold_gpadl(self, relid: int, handle: int) -> Gpadl | None:
+        """A VSP starts using GPADL ``handle`` of channel ``relid`` beyond the channel's rings
+        (netvsc's receive and send buffers): until :meth:`release_gpadl`, a GPADL_TEARDOWN of it
+        is deferred. None when there is no such complete GPADL, or its teardown is pending."""
+        ch = self.channels.get(relid)
+        g = ch.gpadls.get(handle) if ch is not None else None
+        if g is None or g.teardown_requested:
+            return None
+        g.users += 1
+        return g
+
+    def release_gpadl(self, relid: int, g: Gpadl) -> None:
+        """The host no longer touches ``g``'s pages: a deferred teardown completes now
+        (GPADL_TORNDOWN). Call once per :meth:`hold_gpadl` (and per open)."""
+        if g.users <= 0:
+            return
+        g.users -= 1
+        if g.users == 0 and g.teardown_requested:
+            ch = self.channels.get(relid)
+            if ch is not None and ch.gpadls.get(g.handle) is g:
+                del ch.gpadls[g.handle]
+                self._send_torndown(g.handle)
 
     def _send_torndown(self, handle: int) -> None:
         m = w.vmbus_channel_gpadl_torndown()
@@ -427,11 +454,7 @@ class ChannelServer:
             ch.open_request = None
             ch.transport = None
             if req is not None:
-                g = req.gpadl
-                g.users -= 1
-                if g.users == 0 and g.teardown_requested and g.handle in ch.gpadls:
-                    del ch.gpadls[g.handle]
-                    self._send_torndown(g.handle)
+                self.release_gpadl(ch.relid, req.gpadl)
 
     def _on_close_channel(self, conn, msg, raw) -> None:
         ch = self._channel(msg.child_relid, "CLOSECHANNEL")

@@ -423,6 +423,8 @@ class PyDataPath:
         self.link_reported = 1
         self.recv_revoked = False
         self.send_revoked = False
+        #: Called as ``on_revoke("recv"|"send")`` once the data path stopped using a buffer.
+        self.on_revoke = None
         self.rx_blocked = 0
         self.tap_dead = False
         self.need = 0
@@ -536,12 +538,16 @@ class PyDataPath:
         if t == nw.NVSP_MSG1_TYPE_REVOKE_RECV_BUF:
             if msg.msg.v1_msg.revoke_recv_buf.id == self.cfg.recv_id:
                 self.recv_revoked = True
+                if self.on_revoke is not None:
+                    self.on_revoke("recv")
             else:
                 self.record(ERR_NVSP_TYPE, t)
             return True
         if t == nw.NVSP_MSG1_TYPE_REVOKE_SEND_BUF:
             if self.cfg.send is not None:
                 self.send_revoked = True
+                if self.on_revoke is not None:
+                    self.on_revoke("send")
             else:
                 self.record(ERR_NVSP_TYPE, t)
             return True
@@ -989,6 +995,12 @@ class CNet:
         return {"rndis_initialized": bool(n.rndis_initialized), "packet_filter": n.packet_filter,
                 "free_sections": n.nfree, "tap_dead": bool(n.tap_dead)}
 
+    def revoked(self) -> tuple[bool, bool]:
+        """(receive, send) buffer revoked by the guest: the plane no longer touches it (it sets
+        the flag on its own thread before it wakes the parent)."""
+        n = self._n
+        return bool(n.recv_revoked), bool(n.send_revoked)
+
     def pop_errors(self) -> list[tuple[int, int, int, int]]:
         out = []
         e = self._ffi.new("struct hvr_net_error *")
@@ -1048,6 +1060,9 @@ class _Channel:
         self.error_counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: "recv"/"send" -> the GPADL of that buffer, held (its teardown deferred) until the
+        #: guest revokes the buffer or the channel closes.
+        self._holds: dict = {}
         self._log_times: deque = deque(maxlen=20)
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._err_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -1235,14 +1250,14 @@ class _Channel:
             c = r.msg.v1_msg.send_recv_buf_complete
             c.status = nw.NVSP_STAT_FAIL
             req = msg.msg.v1_msg.send_recv_buf
-            buf = self._map(req.gpadl_handle) if self.nvsp_version is not None and \
+            buf = self._map(req.gpadl_handle, "recv") if self.nvsp_version is not None and \
                 self.recv is None else None
             if buf is not None:
                 # the largest frame + 1 (a longer one the TAP truncates shows as too long)
                 size = max(nw.NETVSC_RECV_SECTION_SIZE, (RX_HEADER + self.vsp.mtu + 19 + 7) & ~7)
                 count = buf.size // size
                 if count < 2:
-                    buf.close()
+                    self._drop(buf, "recv")
                 else:
                     self.recv, self.recv_id, self.recv_section_size = buf, req.id, size
                     c.status = nw.NVSP_STAT_SUCCESS
@@ -1258,7 +1273,7 @@ class _Channel:
             c = r.msg.v1_msg.send_send_buf_complete
             c.status = nw.NVSP_STAT_FAIL
             req = msg.msg.v1_msg.send_send_buf
-            buf = self._map(req.gpadl_handle) if self.nvsp_version is not None and \
+            buf = self._map(req.gpadl_handle, "send") if self.nvsp_version is not None and \
                 self.send is None else None
             if buf is not None:
                 size = min(nw.NETVSC_SEND_SECTION_SIZE, buf.size)
@@ -1280,6 +1295,7 @@ class _Channel:
             if self.recv is not None and msg.msg.v1_msg.revoke_recv_buf.id == self.recv_id:
                 self.recv.close()
                 self.recv = None
+                self._let_go("recv")
             else:
                 self._handshake_error(ERR_NVSP_TYPE, t)
             return None
@@ -1287,6 +1303,7 @@ class _Channel:
             if self.send is not None:
                 self.send.close()
                 self.send = None
+                self._let_go("send")
             else:
                 self._handshake_error(ERR_NVSP_TYPE, t)
             return None
@@ -1300,19 +1317,58 @@ class _Channel:
             return "full"
         return None
 
-    def _map(self, handle: int) -> GuestBuffer | None:
-        server = self.oc.server
-        with server._lock:
-            ch = server.channels.channels.get(self.oc.relid)
-            g = ch.gpadls.get(handle) if ch is not None else None
-        if g is None:
+    # -- buffer GPADLs: the host keeps a reference while it uses one ---------------------
+
+    def _server_locked(self, fn, *, wait: bool = False) -> bool:
+        """``fn()`` under the VMBus server's lock. From this channel's thread (``wait`` False)
+        the lock's holder may be closing the channel and joining this thread: then give up
+        (False); close() lets go of whatever is still held."""
+        lock = self.oc.server._lock
+        if wait:
+            lock.acquire()
+        else:
+            while not lock.acquire(timeout=0.05):
+                if self._closed:
+                    return False
+        try:
+            fn()
+        finally:
+            lock.release()
+        return True
+
+    def _map(self, handle: int, role: str) -> GuestBuffer | None:
+        """A host view of the buffer GPADL ``handle`` for ``role`` ("recv"/"send"); the GPADL
+        stays held (a GPADL_TEARDOWN of it waits) until :meth:`_let_go` of ``role``."""
+        relid = self.oc.relid
+
+        def hold():
+            g = self.oc.server.channels.hold_gpadl(relid, handle)
+            if g is not None:
+                self._holds[role] = g
+        if not self._server_locked(hold) or role not in self._holds:
             return None
         try:
-            return GuestBuffer(self.memory, g)
+            return GuestBuffer(self.memory, self._holds[role])
         except (ValueError, OSError) as e:
-            log.warning("netvsc relid %d: GPADL %d not usable as a buffer: %s", self.oc.relid,
+            log.warning("netvsc relid %d: GPADL %d not usable as a buffer: %s", relid,
                         handle, e)
+            self._let_go(role)
             return None
+
+    def _drop(self, buf: GuestBuffer, role: str) -> None:
+        """Unmap a buffer never put to use and let go of its GPADL."""
+        buf.close()
+        self._let_go(role)
+
+    def _let_go(self, role: str, *, wait: bool = False) -> None:
+        """The host stopped touching the ``role`` ("recv"/"send") buffer for good (the guest
+        revoked it, or the channel is closing): a GPADL_TEARDOWN of it may complete. The host
+        view stays mapped until close (the C plane holds its address); no thread uses it."""
+        def release():
+            g = self._holds.pop(role, None)
+            if g is not None:
+                self.oc.server.channels.release_gpadl(self.oc.relid, g)
+        self._server_locked(release, wait=wait)
 
     def _start_data(self) -> str:
         cfg = Config(self.vsp, self.memory, self.nvsp_version or nw.NVSP_PROTOCOL_VERSION_1,
@@ -1321,6 +1377,7 @@ class _Channel:
         self.config = cfg
         if self.vsp.plane == "python":
             self.data = PyDataPath(cfg, self.oc, self.record)
+            self.data.on_revoke = self._let_go
         return "handover"
 
     def _hand_over(self) -> bool:
@@ -1342,6 +1399,7 @@ class _Channel:
                 log.error("netvsc: relid %d: no C data plane (%s); serving from Python",
                           self.oc.relid, e)
                 self.data = PyDataPath(self.config, self.oc, self.record)
+                self.data.on_revoke = self._let_go
                 return False
             self.cnet, self.plane = cnet, plane
             return True
@@ -1358,8 +1416,19 @@ class _Channel:
             except BlockingIOError:
                 pass
             self._drain_errors()
+            self._check_revoked()
             if self._stop_fd in events:
                 return
+
+    def _check_revoked(self) -> None:
+        """The C plane stopped using a buffer the guest revoked: let go of its GPADL."""
+        cnet = self.cnet
+        if cnet is None:
+            return
+        recv, send = cnet.revoked()
+        for role, gone in (("recv", recv), ("send", send)):
+            if gone and role in self._holds:
+                self._let_go(role)
 
     def _drain_errors(self) -> None:
         cnet = self.cnet
@@ -1429,6 +1498,9 @@ class _Channel:
         for b in (self.recv, self.send):
             if b is not None:
                 b.close()
+        # Nothing touches the buffers now: deferred GPADL teardowns of them may complete.
+        for role in list(self._holds):
+            self._let_go(role, wait=True)
         os.close(self._stop_fd)
         os.close(self._err_fd)
 

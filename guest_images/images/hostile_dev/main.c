@@ -546,27 +546,73 @@ static int net_requests(void)
 	return check_ncases(c, n) ? 1 : bystander();
 }
 
-/* The receive buffer pulled from under the parent: its GPADL torn down while the NIC runs,
- * then revoked, then a smaller one offered. Control answers have nowhere to go; the parent must
- * neither write outside guest RAM nor stop serving the channel. SYNC 0x101 as for
- * stor_requests. */
+/* GPADL_TEARDOWN of a live buffer, raw (no wait): returns how many GPADL_TORNDOWNs came back
+ * at once (the parent answers in the hypercall when it answers at all). */
+static int teardown_now(struct vmbus_channel *ch, uint32_t gpadl)
+{
+	struct vmbus_channel_gpadl_teardown td;
+	uint32_t before = hostile_msgs.torndown;
+
+	memset(&td, 0, sizeof(td));
+	td.header.msgtype = CHANNELMSG_GPADL_TEARDOWN;
+	td.child_relid = ch->relid;
+	td.gpadl = gpadl;
+	if (hostile_post_msg(&td, sizeof(td)) != HV_STATUS_SUCCESS)
+		return -1;
+	return (int)(hostile_msgs.torndown - before);
+}
+
+static void nvsp_oneway(struct netvsc *nv, uint32_t type, uint16_t id)
+{
+	static uint64_t trans = 0x4e52000000000000ull;
+	struct nvsp_message m;
+
+	memset(&m, 0, sizeof(m));
+	m.hdr.msg_type = type;
+	m.msg.v1_msg.revoke_recv_buf.id = id;   /* the same place in revoke_send_buf */
+	send_raw(&nv->rings, VM_PKT_DATA_INBAND, ++trans, NULL, 0, &m, sizeof(m), false);
+}
+
+/* Bytes of `p` that are not `v`. */
+static int not_canary(const uint8_t *p, uint32_t n, uint8_t v)
+{
+	int bad = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		bad += p[i] != v;
+	return bad;
+}
+
+/* The receive and send buffers pulled from under the parent while the NIC runs. A
+ * GPADL_TEARDOWN of a buffer the parent uses must wait (no GPADL_TORNDOWN) until the parent lets
+ * go: an NVSP revoke of that buffer (or the channel's close). A revoke naming another id, and a
+ * second SEND_RECV_BUF, change nothing. Once GPADL_TORNDOWN came, the guest reuses the pages
+ * (a canary): the parent's answers must never land there, nor be read from there, and the
+ * channel keeps serving (KEEPALIVEs, GPA-direct). With revoke=0 the guest stops before the
+ * real revoke: the receive buffer stays held until the parent closes the channel. SYNC 0x101
+ * as for stor_requests. */
 static int net_recv_buffer_pulled(void)
 {
 	struct netvsc *nv = open_nic();
 	struct vmbus_channel *ch = nv->ch;
-	static struct ncase c[8];
+	static struct ncase c[20];
 	uint32_t n = 0, gpadl = 0, r[12];
-	static uint64_t trans = 0x4e52000000000000ull;
+	static uint64_t trans = 0x4e53000000000000ull;
+	uint8_t *page = storvsc_dma_alloc(HVR_PAGE_SIZE);
+	uint64_t gh[3];
 	struct nvsp_message m;
+	uint32_t id = 0x4b41;
 
+	HV_ASSERT(page != NULL && nv->send_section_count >= 4);
 	NC("KEEPALIVE before", keepalive(nv, 0), NVSP_STAT_SUCCESS);
-	NC("GPADL teardown of the live receive buffer", vmbus_gpadl_teardown(ch, nv->recv_gpadl), 0);
-	NC("KEEPALIVE after the teardown", keepalive(nv, 1), NVSP_STAT_SUCCESS);
-	memset(&m, 0, sizeof(m));
-	m.hdr.msg_type = NVSP_MSG1_TYPE_REVOKE_RECV_BUF;
-	m.msg.v1_msg.revoke_recv_buf.id = 0xcafe;
-	send_raw(&nv->rings, VM_PKT_DATA_INBAND, ++trans, NULL, 0, &m, sizeof(m), false);
-	NC("KEEPALIVE after the revoke", keepalive(nv, 2), NVSP_STAT_SUCCESS);
+	NC("teardown of the live receive buffer: no TORNDOWN yet",
+	   teardown_now(ch, nv->recv_gpadl), 0);
+	if (c[n - 1].got != 0)          /* already torn down: waiting for it would never end */
+		return check_ncases(c, n);
+	NC("KEEPALIVE after the teardown request", keepalive(nv, 1), NVSP_STAT_SUCCESS);
+	nvsp_oneway(nv, NVSP_MSG1_TYPE_REVOKE_RECV_BUF, 0xbeef);
+	NC("KEEPALIVE after a revoke of another id", keepalive(nv, 2), NVSP_STAT_SUCCESS);
+	NC("still no TORNDOWN", (int)hostile_drain() + (int)hostile_msgs.torndown, 0);
 	/* a smaller buffer (the first 16 KiB of the old one) */
 	NC("GPADL of a smaller buffer", vmbus_gpadl_create(ch, dev_net_recv, 16384, &gpadl), 0);
 	memset(&m, 0, sizeof(m));
@@ -577,7 +623,35 @@ static int net_recv_buffer_pulled(void)
 	NC("SEND_RECV_BUF after the handshake",
 	   wait_completion(&nv->rings, trans, r, sizeof(r), 3000) >= 0 &&
 		   r[0] == NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE ? (int)r[1] : -1, NVSP_STAT_FAIL);
-	NC("KEEPALIVE at the end", keepalive(nv, 3), NVSP_STAT_SUCCESS);
+	NC("teardown of the unused smaller buffer", vmbus_gpadl_teardown(ch, gpadl), 0);
+	if (!hv_arg_u64("revoke", 1))   /* the parent's close must let go (the host test) */
+		return check_ncases(c, n) ? 1 : bystander();
+	/* the real revoke: the parent lets go, GPADL_TORNDOWN comes */
+	nvsp_oneway(nv, NVSP_MSG1_TYPE_REVOKE_RECV_BUF, NETVSC_RECEIVE_BUFFER_ID);
+	NC("TORNDOWN after the revoke", vmbus_gpadl_teardown(ch, nv->recv_gpadl), 0);
+	memset(dev_net_recv, 0xa5, DEV_NET_RECV);
+	NC("KEEPALIVE with the receive buffer reused", keepalive(nv, 3), NVSP_STAT_SUCCESS);
+	NC("the reused receive buffer untouched", not_canary(dev_net_recv, DEV_NET_RECV, 0xa5), 0);
+	/* the send buffer: the same story */
+	NC("teardown of the live send buffer: no TORNDOWN yet", teardown_now(ch, nv->send_gpadl),
+	   0);
+	if (c[n - 1].got != 0)
+		return check_ncases(c, n);
+	NC("KEEPALIVE from a send section after it", keepalive(nv, 1), NVSP_STAT_SUCCESS);
+	nvsp_oneway(nv, NVSP_MSG1_TYPE_REVOKE_SEND_BUF, 0);
+	NC("TORNDOWN after the send revoke", vmbus_gpadl_teardown(ch, nv->send_gpadl), 0);
+	memset(dev_net_send, 0x5a, DEV_NET_SEND);
+	put_rndis(section(nv, 0), RNDIS_MSG_KEEPALIVE, 12, &id, 4);
+	NC("a send section of the reused buffer is not read",
+	   rndis_send(nv, 1, 0, 12, NULL, 0, 3000), NVSP_STAT_FAIL);
+	put_rndis(page, RNDIS_MSG_KEEPALIVE, 12, &id, 4);
+	gh[0] = 1ull << 32;
+	gh[1] = 12;
+	gh[2] = (uintptr_t)page >> 12;
+	NC("GPA-direct KEEPALIVE still served",
+	   rndis_send(nv, 1, HVR_NET_NO_SECTION_GUEST, 0, gh, 24, 3000), NVSP_STAT_SUCCESS);
+	NC("the reused receive buffer still untouched",
+	   not_canary(dev_net_recv, DEV_NET_RECV, 0xa5), 0);
 	return check_ncases(c, n) ? 1 : bystander();
 }
 
