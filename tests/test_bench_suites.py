@@ -95,22 +95,40 @@ def test_net_quick_echo_and_oneway_per_path(tmp_path):
         pytest.skip(doc["unavailable"])
     paths = {p["name"]: p for p in doc["paths"]}
     assert paths["netvsc-c"]["available"] and paths["netvsc-py"]["available"]
-    if not paths["qemu-virtio-net"]["available"]:
-        assert paths["qemu-virtio-net"]["reason"] in text
+    hv = ["netvsc-c", "netvsc-py"]
+    q = paths["qemu-virtio-net"]
+    if q["available"]:
+        hv_and_peer = hv + ["qemu-virtio-net"]
+        # the pinned QEMU configuration is printed and in the JSON
+        assert doc["qemu"]["virtio_net"].startswith("-netdev tap,id=n0,ifname=TAP,script=no")
+        assert "QEMU peer: " in text and doc["qemu"]["machine"] in text
+    else:
+        hv_and_peer = hv
+        assert q["reason"].startswith("unavailable:") and q["reason"] in text
     echo = [r for r in doc["echo"] if r["status"] == "ok"]
     assert {(r["path"], r["ring"], r["size"]) for r in echo} >= {
-        (p, ring, s) for p in ("netvsc-c", "netvsc-py") for ring in (3, 0) for s in (64, 1472)}
+        (p, ring, s) for p in hv_and_peer for ring in (3, 0) for s in (64, 1472)}
     for r in echo:
         _has(r, ("p50_us", "p99_us", "round_trips_per_s", "user_exits_per_echo",
-                 "interrupts_per_echo", "kvm_exits_per_echo", "host_cpu_us_per_echo"))
+                 "interrupts_per_echo", "kvm_exits_per_echo", "kicks_per_echo",
+                 "host_cpu_us_per_echo"))
         assert r["lost"] == 0 and r["bad"] == 0
+        if r["path"] == "qemu-virtio-net":
+            # QEMU's exits are not hvkvm's counters: null in the JSON, n/a in the table
+            assert r["user_exits_per_echo"] is None and r["kvm_exits_per_echo"] is None
+            assert r["kicks_per_echo"] > 0 and r["host_cpu_us_per_echo"] is not None
+        else:
+            assert r["user_exits_per_echo"] is not None
     one = [r for r in doc["oneway"] if r["status"] == "ok"]
-    assert {(r["path"], r["size"]) for r in one} == {
-        (p, s) for p in ("netvsc-c", "netvsc-py") for s in (64, 1472)}
+    assert {(r["path"], r["ring"], r["size"]) for r in one} == {
+        (p, ring, s) for p in hv_and_peer for ring, s in ((3, 64), (3, 1472), (0, 64))}
     for r in one:
         _has(r, ("pps", "mbit_per_s", "delivered", "user_exits_per_packet",
                  "interrupts_per_packet", "kicks_per_packet", "host_cpu_us_per_packet"))
-        assert r["packets"] > 0
+        assert r["packets"] > 0 and r["guest"]["ring"] == r["ring"]
+        assert r["guest"]["dev"] == ("virtio" if r["path"] == "qemu-virtio-net" else "netvsc")
+    if q["available"]:
+        assert " n/a " in text
 
 
 @kvm

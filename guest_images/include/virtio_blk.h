@@ -2,9 +2,10 @@
  * virtio_blk.h - the guest runtime's virtio-blk driver on the virtio-mmio transport (virtio 1.x,
  * "modern", Version 2), the client of hvkvm's hvkvm/vsp/virtio_blk.py and of QEMU's
  * virtio-blk-device. Facts from the virtio 1.2 specification (4.2 virtio over MMIO, 2.7 split
- * virtqueues, 5.2 block device); our own code.
+ * virtqueues, 5.2 block device); our own code. The transport and the virtqueue are shared with
+ * the virtio-net driver (include/virtio.h, rt/{k,u}_virtio.c).
  *
- *   1. Finding the device (rt/k_virtio_blk.c, ring 0): every `virtio_mmio.device=SIZE@BASE:IRQ`
+ *   1. Finding the device (rt/k_virtio.c, ring 0): every `virtio_mmio.device=SIZE@BASE:IRQ`
  *      on the command line (Linux's syntax; QEMU's microvm appends them with acpi=off, hvkvm's
  *      devices_for() returns them), in order; without any, microvm's slots 0xfeb00000 + 512 * n,
  *      highest first, as QEMU lays them out: 24 slots on GSIs 24 + n when a second IOAPIC
@@ -42,51 +43,7 @@
 #define HV_VIRTIO_BLK_H
 
 #include "blkdev.h"
-
-#define VIRTIO_MMIO_MAGIC 0x74726976u /* "virt" */
-#define VIRTIO_MMIO_BASE 0xfeb00000u
-#define VIRTIO_MMIO_SLOT_SIZE 0x200u
-#define VIRTIO_MMIO_SLOTS 8u
-#define VIRTIO_MMIO_IRQ_BASE 5u
-#define VIRTIO_MAX_DEVICES 8u
-
-/* Registers (4.2.2). */
-#define VIRTIO_MMIO_MAGIC_VALUE 0x000
-#define VIRTIO_MMIO_VERSION 0x004
-#define VIRTIO_MMIO_DEVICE_ID 0x008
-#define VIRTIO_MMIO_VENDOR_ID 0x00c
-#define VIRTIO_MMIO_DEVICE_FEATURES 0x010
-#define VIRTIO_MMIO_DEVICE_FEATURES_SEL 0x014
-#define VIRTIO_MMIO_DRIVER_FEATURES 0x020
-#define VIRTIO_MMIO_DRIVER_FEATURES_SEL 0x024
-#define VIRTIO_MMIO_QUEUE_SEL 0x030
-#define VIRTIO_MMIO_QUEUE_NUM_MAX 0x034
-#define VIRTIO_MMIO_QUEUE_NUM 0x038
-#define VIRTIO_MMIO_QUEUE_READY 0x044
-#define VIRTIO_MMIO_QUEUE_NOTIFY 0x050
-#define VIRTIO_MMIO_INTERRUPT_STATUS 0x060
-#define VIRTIO_MMIO_INTERRUPT_ACK 0x064
-#define VIRTIO_MMIO_STATUS 0x070
-#define VIRTIO_MMIO_QUEUE_DESC_LOW 0x080
-#define VIRTIO_MMIO_QUEUE_DESC_HIGH 0x084
-#define VIRTIO_MMIO_QUEUE_DRIVER_LOW 0x090
-#define VIRTIO_MMIO_QUEUE_DRIVER_HIGH 0x094
-#define VIRTIO_MMIO_QUEUE_DEVICE_LOW 0x0a0
-#define VIRTIO_MMIO_QUEUE_DEVICE_HIGH 0x0a4
-#define VIRTIO_MMIO_CONFIG_GENERATION 0x0fc
-#define VIRTIO_MMIO_CONFIG 0x100
-
-#define VIRTIO_STATUS_ACKNOWLEDGE 1u
-#define VIRTIO_STATUS_DRIVER 2u
-#define VIRTIO_STATUS_DRIVER_OK 4u
-#define VIRTIO_STATUS_FEATURES_OK 8u
-#define VIRTIO_STATUS_NEEDS_RESET 64u
-#define VIRTIO_STATUS_FAILED 128u
-
-#define VIRTIO_INT_USED 1u
-#define VIRTIO_INT_CONFIG 2u
-
-#define VIRTIO_ID_BLOCK 2u
+#include "virtio.h"
 
 /* Feature bits. */
 #define VIRTIO_BLK_F_SIZE_MAX 1
@@ -94,8 +51,6 @@
 #define VIRTIO_BLK_F_RO 5
 #define VIRTIO_BLK_F_BLK_SIZE 6
 #define VIRTIO_BLK_F_FLUSH 9
-#define VIRTIO_RING_F_EVENT_IDX 29
-#define VIRTIO_F_VERSION_1 32
 
 /* Block device configuration (5.2.4), the fields read here. */
 #define VIRTIO_BLK_CFG_CAPACITY 0x00
@@ -113,50 +68,13 @@
 #define VIRTIO_BLK_S_UNSUPP 2u
 #define VIRTIO_BLK_ID_BYTES 20u
 
-/* Split virtqueue (2.7). */
-#define VIRTQ_DESC_F_NEXT 1u
-#define VIRTQ_DESC_F_WRITE 2u
-#define VIRTQ_AVAIL_F_NO_INTERRUPT 1u
-#define VIRTQ_USED_F_NO_NOTIFY 1u
-
-struct virtq_desc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-};
-
-struct virtq_avail {
-	uint16_t flags;
-	uint16_t idx;
-	uint16_t ring[]; /* then uint16_t used_event */
-};
-
-struct virtq_used_elem {
-	uint32_t id;
-	uint32_t len;
-};
-
-struct virtq_used {
-	uint16_t flags;
-	uint16_t idx;
-	struct virtq_used_elem ring[]; /* then uint16_t avail_event */
-};
-
 struct virtio_blk_req_hdr {
 	uint32_t type;
 	uint32_t reserved;
 	uint64_t sector;
 };
 
-_Static_assert(sizeof(struct virtq_desc) == 16, "virtq_desc");
 _Static_assert(sizeof(struct virtio_blk_req_hdr) == 16, "virtio_blk_req_hdr");
-
-/* vring_need_event() of the specification. */
-static inline int virtq_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
-{
-	return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old);
-}
 
 #define VIRTIO_BLK_MAX_QSIZE 256u
 
@@ -176,31 +94,16 @@ struct virtio_blk_dev;
 typedef void (*virtio_blk_kfn)(struct virtio_blk_dev *d);
 
 struct virtio_blk_dev {
-	volatile uint8_t *regs;     /* the register window (identity-mapped GPA) */
-	uint64_t base;
-	uint32_t size;
-	uint32_t irq;               /* GSI */
-	uint32_t vector;
-	uint32_t version, device_id, vendor_id;
-	uint64_t host_features;     /* offered */
-	uint64_t features;          /* negotiated */
+	struct virtio_mmio m;       /* the transport (include/virtio.h) */
+	struct virtq q;             /* queue 0 */
+	/* copies of m / q for the blkdev layer */
+	uint32_t version, vendor_id;
+	uint16_t qsize;
+	uint8_t event_idx;
 	uint64_t capacity;          /* 512-byte sectors */
 	uint32_t blk_size, seg_max;
-	uint8_t ro, event_idx, broken, poll;
-	uint32_t status;            /* what was written to Status */
+	uint8_t ro, poll;
 
-	/* the queue */
-	uint16_t qsize, qmax;
-	uint16_t free_head, num_free;
-	uint16_t last_used;         /* next used ring entry to take */
-	uint16_t avail_idx;         /* next avail ring slot (private copy) */
-	uint16_t avail_published;   /* avail->idx last published */
-	uint16_t uncommitted;
-	struct virtq_desc *desc;
-	struct virtq_avail *avail;
-	struct virtq_used *used;
-	volatile uint16_t *used_event;  /* in the driver area */
-	volatile uint16_t *avail_event; /* in the device area */
 	struct virtio_blk_req_hdr *hdrs; /* one per head */
 	volatile uint8_t *statuses;      /* one per head */
 	struct virtio_blk_slot slots[VIRTIO_BLK_MAX_QSIZE];
@@ -208,12 +111,9 @@ struct virtio_blk_dev {
 	struct blk_counters c;
 	uint64_t tsc_hz;
 	uint64_t stall_cycles;
-	uint64_t kicked_polls;      /* internal: the polls counter at the last re-kick */
 
 	/* ring 0 (set by virtio_blk_open) */
 	virtio_blk_kfn kwait;       /* sleep until the device's interrupt */
-	volatile uint64_t events;   /* interrupts taken (the handler counts) */
-	uint64_t isr_used, isr_config;
 	char id[VIRTIO_BLK_ID_BYTES + 1];
 };
 
@@ -225,8 +125,6 @@ int virtio_blk_open(struct virtio_blk_dev *d, unsigned n, uint32_t queue_size, b
 		    bool irq);
 /* Reset the device (nothing may be in flight) and mask its interrupt. */
 int virtio_blk_close(struct virtio_blk_dev *d);
-/* How many virtio-mmio devices the command line (or the slot probe) lists; their bases/IRQs. */
-unsigned virtio_mmio_find(uint64_t *bases, uint32_t *sizes, uint32_t *irqs, unsigned max);
 
 /* Any ring (rt/u_virtio_blk.c). */
 int virtio_blk_submit(struct virtio_blk_dev *d, enum blk_op op, uint64_t lba, uint32_t blocks,
@@ -241,15 +139,5 @@ uint32_t virtio_blk_status(struct virtio_blk_dev *d);
 /* Interrupts on/off for the next completion (ring 0 waits; polling keeps them off). */
 void virtio_blk_irq_on(struct virtio_blk_dev *d);
 void virtio_blk_irq_off(struct virtio_blk_dev *d);
-
-static inline uint32_t virtio_mmio_read(const struct virtio_blk_dev *d, uint32_t reg)
-{
-	return *(volatile uint32_t *)(d->regs + reg);
-}
-
-static inline void virtio_mmio_write(const struct virtio_blk_dev *d, uint32_t reg, uint32_t v)
-{
-	*(volatile uint32_t *)(d->regs + reg) = v;
-}
 
 #endif /* HV_VIRTIO_BLK_H */

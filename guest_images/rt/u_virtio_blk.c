@@ -1,7 +1,7 @@
 /*
  * u_virtio_blk.c - the virtio-blk driver's request path, callable from either ring
- * (user-accessible): descriptors, the available ring and notification suppression, the used
- * ring and completion checks, polling and the ring-0 wait hook. See include/virtio_blk.h.
+ * (user-accessible): request chains on the shared split virtqueue (rt/u_virtio.c), completion
+ * checks, polling and the ring-0 wait hook. See include/virtio_blk.h.
  */
 #include "blkdev.h"
 
@@ -10,51 +10,19 @@ static inline bool irq_mode(const struct virtio_blk_dev *d)
 	return hv_ring() == 0 && d->kwait && !d->poll;
 }
 
-static uint16_t desc_alloc(struct virtio_blk_dev *d)
-{
-	uint16_t i = d->free_head;
-
-	d->free_head = d->desc[i].next;
-	d->num_free--;
-	return i;
-}
-
-static void desc_free(struct virtio_blk_dev *d, uint16_t i)
-{
-	d->desc[i].next = d->free_head;
-	d->free_head = i;
-	d->num_free++;
-}
-
 void virtio_blk_irq_off(struct virtio_blk_dev *d)
 {
-	if (d->event_idx)
-		/* Half the index space away from anything the device can be publishing: the device
-		 * is never more than a queue ahead of what was taken, and may still be deciding about
-		 * the entry just taken (so last_used - 1 would fire now and then). Rewritten at every
-		 * reap, so it never comes into range. */
-		__atomic_store_n(d->used_event, (uint16_t)(d->last_used + 0x8000), __ATOMIC_RELAXED);
-	else
-		__atomic_store_n(&d->avail->flags, VIRTQ_AVAIL_F_NO_INTERRUPT, __ATOMIC_RELAXED);
+	virtq_irq_off(&d->q);
 }
 
 void virtio_blk_irq_on(struct virtio_blk_dev *d)
 {
-	if (d->event_idx)
-		__atomic_store_n(d->used_event, d->last_used, __ATOMIC_RELAXED);
-	else
-		__atomic_store_n(&d->avail->flags, 0, __ATOMIC_RELAXED);
-	/* the device stores used->idx then loads used_event; we store used_event then load idx */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	virtq_irq_on(&d->q);
 }
 
 uint32_t virtio_blk_status(struct virtio_blk_dev *d)
 {
-	uint32_t st = virtio_mmio_read(d, VIRTIO_MMIO_STATUS);
-
-	if (st & VIRTIO_STATUS_NEEDS_RESET)
-		d->broken = 1;
-	return st;
+	return virtio_mmio_status(&d->m);
 }
 
 int virtio_blk_submit_raw(struct virtio_blk_dev *d, uint32_t type, uint64_t sector, void *buf,
@@ -64,42 +32,42 @@ int virtio_blk_submit_raw(struct virtio_blk_dev *d, uint32_t type, uint64_t sect
 	uint16_t head, prev, st;
 	uint8_t ndesc = len ? 3 : 2;
 
-	if (d->broken)
+	if (d->m.broken)
 		return BLK_EBROKEN;
-	if (!d->qsize)
+	if (!d->q.size)
 		return BLK_EINVAL;
-	if (d->num_free < ndesc) {
+	if (d->q.num_free < ndesc) {
 		d->c.full++;
 		return BLK_EAGAIN;
 	}
-	head = desc_alloc(d);
+	head = virtq_desc_alloc(&d->q);
 	s = &d->slots[head];
 	s->ndesc = 0;
 	s->desc[s->ndesc++] = head;
 	d->hdrs[head].type = type;
 	d->hdrs[head].reserved = 0;
 	d->hdrs[head].sector = sector;
-	d->desc[head].addr = (uintptr_t)&d->hdrs[head];
-	d->desc[head].len = sizeof(struct virtio_blk_req_hdr);
-	d->desc[head].flags = VIRTQ_DESC_F_NEXT;
+	d->q.desc[head].addr = (uintptr_t)&d->hdrs[head];
+	d->q.desc[head].len = sizeof(struct virtio_blk_req_hdr);
+	d->q.desc[head].flags = VIRTQ_DESC_F_NEXT;
 	prev = head;
 	if (len) {
-		uint16_t i = desc_alloc(d);
+		uint16_t i = virtq_desc_alloc(&d->q);
 
-		d->desc[prev].next = i;
-		d->desc[i].addr = (uintptr_t)buf;
-		d->desc[i].len = len;
-		d->desc[i].flags = VIRTQ_DESC_F_NEXT | (device_writes ? VIRTQ_DESC_F_WRITE : 0);
+		d->q.desc[prev].next = i;
+		d->q.desc[i].addr = (uintptr_t)buf;
+		d->q.desc[i].len = len;
+		d->q.desc[i].flags = VIRTQ_DESC_F_NEXT | (device_writes ? VIRTQ_DESC_F_WRITE : 0);
 		s->desc[s->ndesc++] = i;
 		prev = i;
 	}
-	st = desc_alloc(d);
-	d->desc[prev].next = st;
+	st = virtq_desc_alloc(&d->q);
+	d->q.desc[prev].next = st;
 	d->statuses[head] = 0xff; /* not written by the device yet */
-	d->desc[st].addr = (uintptr_t)&d->statuses[head];
-	d->desc[st].len = 1;
-	d->desc[st].flags = VIRTQ_DESC_F_WRITE;
-	d->desc[st].next = 0;
+	d->q.desc[st].addr = (uintptr_t)&d->statuses[head];
+	d->q.desc[st].len = 1;
+	d->q.desc[st].flags = VIRTQ_DESC_F_WRITE;
+	d->q.desc[st].next = 0;
 	s->desc[s->ndesc++] = st;
 
 	s->cookie = cookie;
@@ -110,9 +78,7 @@ int virtio_blk_submit_raw(struct virtio_blk_dev *d, uint32_t type, uint64_t sect
 	s->op = type == VIRTIO_BLK_T_IN ? BLK_OP_READ : type == VIRTIO_BLK_T_OUT ? BLK_OP_WRITE :
 		type == VIRTIO_BLK_T_FLUSH ? BLK_OP_FLUSH : 0;
 	s->busy = 1;
-	d->avail->ring[d->avail_idx % d->qsize] = head;
-	d->avail_idx++;
-	d->uncommitted++;
+	virtq_push(&d->q, head);
 	d->c.submitted++;
 	if (++d->c.inflight > d->c.max_inflight)
 		d->c.max_inflight = d->c.inflight;
@@ -140,30 +106,11 @@ int virtio_blk_submit(struct virtio_blk_dev *d, enum blk_op op, uint64_t lba, ui
 
 int virtio_blk_kick(struct virtio_blk_dev *d)
 {
-	uint16_t old, new_idx;
-	bool need;
+	uint64_t kicks = d->q.kicks, suppressed = d->q.kicks_suppressed;
 
-	if (!d->uncommitted)
-		return 0;
-	d->uncommitted = 0;
-	old = d->avail_published;
-	new_idx = d->avail_idx;
-	__atomic_store_n(&d->avail->idx, new_idx, __ATOMIC_RELEASE);
-	d->avail_published = new_idx;
-	/* we store avail->idx then load avail_event; the device stores avail_event then loads idx */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (d->event_idx)
-		need = virtq_need_event(__atomic_load_n(d->avail_event, __ATOMIC_RELAXED), new_idx,
-					old);
-	else
-		need = !(__atomic_load_n(&d->used->flags, __ATOMIC_RELAXED) &
-			 VIRTQ_USED_F_NO_NOTIFY);
-	if (need) {
-		d->c.kicks++;
-		virtio_mmio_write(d, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-	} else {
-		d->c.kicks_suppressed++;
-	}
+	virtq_publish(&d->q, &d->m);
+	d->c.kicks += d->q.kicks - kicks;
+	d->c.kicks_suppressed += d->q.kicks_suppressed - suppressed;
 	return 0;
 }
 
@@ -193,7 +140,7 @@ static void complete_one(struct virtio_blk_dev *d, uint16_t id, uint32_t used_le
 	else
 		c->status = BLK_EPROTO;
 	for (unsigned k = s->ndesc; k-- > 0;)
-		desc_free(d, s->desc[k]);
+		virtq_desc_free(&d->q, s->desc[k]);
 	s->busy = 0;
 	d->c.inflight--;
 	d->c.completed++;
@@ -203,30 +150,26 @@ static void complete_one(struct virtio_blk_dev *d, uint16_t id, uint32_t used_le
 
 int virtio_blk_reap(struct virtio_blk_dev *d, struct blk_completion *c, unsigned max)
 {
-	uint16_t used_idx;
+	uint64_t bad = d->q.bad_used;
 	unsigned n = 0;
+	uint32_t id, len;
+	int rc = 0;
 
 	virtio_blk_kick(d);
-	if (d->broken)
+	if (d->m.broken)
 		return BLK_EBROKEN;
-	used_idx = __atomic_load_n(&d->used->idx, __ATOMIC_ACQUIRE);
-	if ((uint16_t)(used_idx - d->last_used) > d->qsize) {
-		d->broken = 1;
-		return BLK_EPROTO;
-	}
-	while (n < max && d->last_used != used_idx) {
-		const volatile struct virtq_used_elem *e = &d->used->ring[d->last_used % d->qsize];
-		uint32_t id = e->id, len = e->len;
-
-		d->last_used++;
-		if (id >= d->qsize || !d->slots[id].busy) {
+	while (n < max && (rc = virtq_pop_used(&d->q, &id, &len)) == 1) {
+		if (!d->slots[id].busy) {
 			d->c.unexpected++;
 			continue;
 		}
 		complete_one(d, (uint16_t)id, len, &c[n++]);
 	}
-	if (d->event_idx)
-		virtio_blk_irq_off(d); /* keep used_event out of the device's range */
+	d->c.unexpected += d->q.bad_used - bad;
+	if (rc < 0) {
+		d->m.broken = 1; /* the used ring is garbage: what was taken stands, nothing more */
+		return n ? (int)n : BLK_EPROTO;
+	}
 	return (int)n;
 }
 
@@ -245,7 +188,7 @@ int virtio_blk_wait(struct virtio_blk_dev *d, struct blk_completion *c, unsigned
 			return n;
 		if (irq_mode(d)) {
 			d->kwait(d);
-			if (d->broken)
+			if (d->m.broken)
 				return BLK_EBROKEN;
 			continue;
 		}

@@ -48,10 +48,14 @@ def blk_args(path: str, direct: bool) -> list[str]:
             "-device", "virtio-blk-device,drive=d0,num-queues=1,queue-size=256,event_idx=on"]
 
 
-def net_args(tap: str) -> list[str]:
-    """virtio-net on an existing TAP (no vhost: the peer is QEMU's own data plane)."""
+def net_args(tap: str, mac: bytes | None = None) -> list[str]:
+    """virtio-net on an existing TAP (no vhost: the peer is QEMU's own data plane; QEMU's
+    default queue sizes, 256), with ``mac`` (6 bytes) as the device's MAC when given."""
+    dev = "virtio-net-device,netdev=n0,event_idx=on"
+    if mac is not None:
+        dev += ",mac=" + ":".join(f"{b:02x}" for b in mac)
     return ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
-            "-device", "virtio-net-device,netdev=n0,event_idx=on"]
+            "-device", dev]
 
 
 def command(image: str, cmdline: str, devices: list[str] | None = None) -> list[str]:

@@ -1,18 +1,21 @@
 /*
- * net_bench - UDP transmit benchmark over the netvsc VSC: sends `size`-byte datagrams to
- * peer:port at `rate` per second for `seconds` seconds from a ring-3 loop, then prints the
- * achieved rate as one JSON line.
+ * net_bench - UDP transmit benchmark over a NIC (include/netdev.h: the netvsc VSC, or virtio-net):
+ * sends `size`-byte datagrams to peer:port at `rate` per second for `seconds` seconds from a
+ * ring-3 loop (or the same loop in ring 0), then prints the achieved rate as one JSON line.
  *
- * Command line: ip=A.B.C.D/N (required) peer=A.B.C.D (required) port=N (9) src_port=N (9999)
+ * Command line: dev=netvsc|virtio (netvsc) ring=3|0 (3) ip=A.B.C.D/N (required) peer=A.B.C.D
+ *   (required) port=N (9) src_port=N (9999)
  *   size=N (64, 1..1472) rate=PPS (0: as fast as possible) seconds=S (5) ring_pages=N (64,
- *   1..64) send_kb=N (1024, at most 1024) nvsp=V (newest NVSP version offered)
- * SYNC 1 link up: MAC, IP, NVSP version, NDIS version, recv sections << 32 | send sections
- * SYNC 10 right before the timed loop: rate, size, seconds, peer IP
- * SYNC 11 right after it: datagrams, payload bytes, elapsed us, sends refused for lack of
- *         sections or ring space, kicks
- * Console (COM1) and LOG: {"bench": "net_tx", "size": .., "rate": .., "seconds": ..,
- *   "packets": .., "bytes": .., "elapsed_us": .., "pps": .., "mbps": .., "frame_mbps": ..,
- *   "busy": .., "late": .., "kicks": .., "tx_completions": ..}
+ *   1..64) send_kb=N (1024, at most 1024) nvsp=V (newest NVSP version offered); virtio:
+ *   queue_size=N event_idx=0|1
+ * SYNC 1 link up: as net_echo's (MAC, IP and three values of the NIC)
+ * LOG "net_bench: timed loop starts" and SYNC 10 right before the timed loop: rate, size,
+ *         seconds, peer IP
+ * SYNC 11 and LOG "net_bench: timed loop ended" right after it: datagrams, payload bytes,
+ *         elapsed us, sends refused for lack of sections or ring space, kicks
+ * Console (COM1) and LOG: {"bench": "net_tx", "dev": .., "ring": .., "size": .., "rate": ..,
+ *   "seconds": .., "packets": .., "bytes": .., "elapsed_us": .., "pps": .., "mbps": ..,
+ *   "frame_mbps": .., "busy": .., "late": .., "kicks": .., "tx_completions": ..}
  * ("mbps" counts UDP payload bits, "frame_mbps" whole Ethernet frames without FCS); DONE(0).
  */
 #include "net_bench.h"
@@ -31,11 +34,18 @@ int hv_main(void)
 	unsigned prefix;
 	uint64_t ring_pages = hv_arg_u64("ring_pages", 64), send_kb = hv_arg_u64("send_kb", 1024);
 	uint64_t us, pps, frame, mbps_milli, fmbps_milli;
-	char mbps[32], fmbps[32], line[512];
+	char mbps[32], fmbps[32], line[640], dev[16] = "netvsc";
+	struct netdev *nd = &nb_dev;
+	struct netdev_counters c;
+	uint64_t ring = hv_arg_u64("ring", 3);
 	int rc;
 
 	HV_ASSERT(net_arg_cidr("ip", &ip, &prefix), "net_bench: ip=A.B.C.D/N is required");
 	HV_ASSERT(net_arg_ipv4("peer", &peer), "net_bench: peer=A.B.C.D is required");
+	hv_arg("dev", dev, sizeof(dev));
+	HV_ASSERT(!strcmp(dev, "netvsc") || !strcmp(dev, "virtio"),
+		  "net_bench: dev must be netvsc or virtio, not '%s'", dev);
+	HV_ASSERT(ring == 0 || ring == 3, "net_bench: ring must be 0 or 3");
 	memset(r, 0, sizeof(*r));
 	r->port = (uint16_t)hv_arg_u64("port", 9);
 	r->src_port = (uint16_t)hv_arg_u64("src_port", 9999);
@@ -58,22 +68,19 @@ int hv_main(void)
 	cfg.send_buf = nb_send_buf;
 	cfg.send_size = (uint32_t)send_kb * 1024;
 	cfg.nvsp_max = (uint32_t)hv_arg_u64("nvsp", 0);
-	rc = netvsc_open(&nb_nv, &cfg);
-	HV_ASSERT(rc == 0, "net_bench: netvsc_open failed: %d (host status 0x%x)", rc,
-		  nb_nv.last_status);
-	if (!nb_nv.link_up)
-		HV_ASSERT_EQ(netvsc_kwait_link(&nb_nv), 0, "net_bench: waiting for the link");
-	net_init(&nb_if, nb_nv.mac, ip, prefix, netvsc_link_tx, &nb_nv);
+	rc = netdev_open(nd, dev, &nb_nv, &cfg);
+	HV_ASSERT(rc == 0, "net_bench: opening %s: %d (%s; host status 0x%x)", dev, rc,
+		  netdev_strerror(nd, rc), nb_nv.last_status);
+	net_init(&nb_if, nd->mac, ip, prefix, netdev_link_tx, nd);
 	net_arg_ipv4("gw", &nb_if.gateway);
-	netvsc_set_rx(&nb_nv, nb_rx, &nb_if);
-	hv_sync(1, nb_mac64(nb_nv.mac), ip, nb_nv.nvsp_version, nb_nv.ndis_version,
-		(uint64_t)nb_nv.recv_section_count << 32 | nb_nv.send_section_count);
+	netdev_set_rx(nd, nb_rx, &nb_if);
+	hv_sync(1, nb_mac64(nd->mac), ip, nd->info[0], nd->info[1], nd->info[2]);
 
-	r->nv = &nb_nv;
+	r->dev = nd;
 	r->nif = &nb_if;
-	r->tsc_hz = nb_nv.tsc_hz;
+	r->tsc_hz = nd->tsc_hz;
 	r->peer = peer;
-	rc = hv_run_user(nb_task, r);
+	rc = ring == 3 ? hv_run_user(nb_task, r) : nb_task(r);
 	HV_ASSERT(rc == 0, "net_bench: the peer did not answer ARP (%llu requests)",
 		  (unsigned long long)r->arp_tries);
 
@@ -86,23 +93,23 @@ int hv_main(void)
 	fmbps_milli = r->sent * frame * 8 * 1000 / us;
 	fmt_milli(mbps, sizeof(mbps), mbps_milli);
 	fmt_milli(fmbps, sizeof(fmbps), fmbps_milli);
+	netdev_counters(nd, &c);
 	hv_snprintf(line, sizeof(line),
-		    "{\"bench\": \"net_tx\", \"size\": %u, \"rate\": %llu, \"seconds\": %llu, "
+		    "{\"bench\": \"net_tx\", \"dev\": \"%s\", \"ring\": %llu, \"size\": %u, \"rate\": %llu, \"seconds\": %llu, "
 		    "\"packets\": %llu, \"bytes\": %llu, \"elapsed_us\": %llu, \"pps\": %llu, "
 		    "\"mbps\": %s, \"frame_mbps\": %s, \"busy\": %llu, \"late\": %llu, "
 		    "\"kicks\": %llu, \"tx_completions\": %llu, \"no_section\": %llu, "
 		    "\"ring_full\": %llu}",
-		    r->size, (unsigned long long)r->rate, (unsigned long long)r->seconds,
+		    nd->name, (unsigned long long)ring, r->size, (unsigned long long)r->rate, (unsigned long long)r->seconds,
 		    (unsigned long long)r->sent, (unsigned long long)r->bytes,
 		    (unsigned long long)us, (unsigned long long)pps, mbps, fmbps,
 		    (unsigned long long)r->busy, (unsigned long long)r->late,
-		    (unsigned long long)(nb_nv.rings.kicks - r->kicks0),
-		    (unsigned long long)nb_nv.st.tx_completions,
-		    (unsigned long long)nb_nv.st.tx_no_section,
-		    (unsigned long long)nb_nv.st.tx_ring_full);
+		    (unsigned long long)(r->kicks1 - r->kicks0),
+		    (unsigned long long)c.tx_completions, (unsigned long long)c.tx_no_buffer,
+		    (unsigned long long)c.tx_ring_full);
 	hv_printf("%s\n", line);
 	hv_log("%s", line);
-	rc = netvsc_close(&nb_nv);
+	rc = netdev_close(nd);
 	HV_ASSERT(rc == 0, "net_bench: close failed: %d", rc);
 	return 0;
 }

@@ -4,14 +4,14 @@
 #ifndef NET_BENCH_H
 #define NET_BENCH_H
 
-#include "netvsc.h"
+#include "netdev.h"
 
 #define NB_RING_PAGES_MAX 64u
 #define NB_RECV_SIZE (512u << 10)
 #define NB_SEND_MAX (1u << 20)
 
 struct nb_run {
-	struct netvsc *nv;
+	struct netdev *dev;
 	struct net_if *nif;
 	uint64_t tsc_hz;
 	uint32_t peer;
@@ -23,12 +23,13 @@ struct nb_run {
 	/* results */
 	uint64_t sent, bytes, busy, late, arp_tries;
 	uint64_t t0, t1;        /* TSC at the first send and at the end */
-	uint64_t kicks0;
+	uint64_t kicks0, kicks1; /* the NIC's notifications to the host before and after */
 	uint8_t peer_mac[NET_ETH_ALEN];
 	uint8_t resolved;
 };
 
 extern struct netvsc nb_nv;
+extern struct netdev nb_dev;
 extern struct net_if nb_if;
 extern struct nb_run nb_run;
 extern uint8_t nb_ring_area[];

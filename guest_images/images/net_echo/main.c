@@ -1,19 +1,26 @@
 /*
- * net_echo - the netvsc VSC and the IP stack against hvkvm's netvsc VSP: answers ping and echoes
- * UDP datagrams on port 7 byte for byte until a UDP datagram "STOP" arrives on port 9.
+ * net_echo - a NIC (include/netdev.h: hvkvm's netvsc VSP, or QEMU's virtio-net) and the IP
+ * stack: answers ping and echoes UDP datagrams on port 7 byte for byte until a UDP datagram
+ * "STOP" arrives on port 9.
  *
- * Command line: ip=A.B.C.D/N (required; /N defaults to 24) gw=A.B.C.D (optional)
+ * Command line: dev=netvsc|virtio (netvsc) ip=A.B.C.D/N (required; /N defaults to 24)
+ *   gw=A.B.C.D (optional)
  *   peer=A.B.C.D (optional: ARP-resolve it first, SYNC 3) ring_pages=N (32, 1..64)
  *   recv_kb=N (1024, 64..1024) send_kb=N (512, at most 1024) nvsp=V (newest NVSP version to
  *   offer, e.g. 0x50000; default 0x60001) idle_ms=N (20: no traffic for this long and the ring-3
  *   loop sleeps in the kernel until the channel interrupt) log_s=N (0: no periodic LOG)
  *   ring=3|0 (3: the loop is a ring-3 task; 0: the same loop in the kernel, emulated on kvm_pvm)
- * SYNC 1 link up: MAC (48-bit, first byte highest), IP, NVSP version, NDIS version,
- *        recv sections << 32 | send sections
+ *   virtio: queue_size=N (0: the device's maximum, at most 256) event_idx=0|1 (1)
+ * SYNC 1 link up: MAC (48-bit, first byte highest), IP, then netvsc: NVSP version, NDIS
+ *        version, recv sections << 32 | send sections; virtio: virtio-mmio Version, features
+ *        (low 32 bits), receive queue size << 32 | transmit queue size
  * SYNC 3 peer resolved (with peer=): peer IP, peer MAC
+ * A datagram "STAT" to port 9 is answered from port 9 with the NIC's counters as one JSON object
+ * ({"dev", "echoed", "rx_frames", "tx_frames", "kicks", "interrupts", "sleeps", "rx_bad"}).
  * SYNC 2 stopped: UDP datagrams echoed, pings answered, frames received, frames dropped by the
  *        stack, ARP requests answered
- * then the NIC is closed (RNDIS HALT, buffers revoked, channel closed, GPADLs torn down): DONE(0).
+ * then the NIC is closed (netvsc: RNDIS HALT, buffers revoked, channel closed, GPADLs torn
+ * down; virtio: the device reset): DONE(0).
  */
 #include "net_echo.h"
 
@@ -33,10 +40,14 @@ int hv_main(void)
 	uint64_t ring_pages = hv_arg_u64("ring_pages", 32);
 	uint64_t recv_kb = hv_arg_u64("recv_kb", 1024), send_kb = hv_arg_u64("send_kb", 512);
 	uint64_t ring = hv_arg_u64("ring", 3);
-	char ipbuf[16], peerbuf[16];
+	char ipbuf[16], peerbuf[16], dev[16] = "netvsc";
+	struct netdev *nd = &ne_dev;
 	int rc;
 
 	HV_ASSERT(net_arg_cidr("ip", &ip, &prefix), "net_echo: ip=A.B.C.D/N is required");
+	hv_arg("dev", dev, sizeof(dev));
+	HV_ASSERT(!strcmp(dev, "netvsc") || !strcmp(dev, "virtio"),
+		  "net_echo: dev must be netvsc or virtio, not '%s'", dev);
 	HV_ASSERT(!hv_arg_present("peer") || net_arg_ipv4("peer", &peer),
 		  "net_echo: peer must be A.B.C.D");
 	HV_ASSERT(ring_pages >= 1 && ring_pages <= NE_MAX_RING_PAGES,
@@ -55,41 +66,49 @@ int hv_main(void)
 	cfg.send_buf = ne_send_buf;
 	cfg.send_size = (uint32_t)send_kb * 1024;
 	cfg.nvsp_max = (uint32_t)hv_arg_u64("nvsp", 0);
-	rc = netvsc_open(&ne_nv, &cfg);
-	HV_ASSERT(rc == 0, "net_echo: netvsc_open failed: %d (host status 0x%x, NVSP 0x%x, "
-		  "VMBus %u.%u)", rc, ne_nv.last_status, ne_nv.nvsp_version,
-		  vmbus_conn.version >> 16, vmbus_conn.version & 0xffff);
-	if (!ne_nv.link_up) {
-		hv_log("net_echo: link down, waiting for the host to connect it");
-		HV_ASSERT_EQ(netvsc_kwait_link(&ne_nv), 0, "net_echo: waiting for the link");
-	}
+	rc = netdev_open(nd, dev, &ne_nv, &cfg);
+	if (nd->kind == NETDEV_NETVSC)
+		HV_ASSERT(rc == 0, "net_echo: netvsc_open failed: %d (host status 0x%x, NVSP 0x%x, "
+			  "VMBus %u.%u)", rc, ne_nv.last_status, ne_nv.nvsp_version,
+			  vmbus_conn.version >> 16, vmbus_conn.version & 0xffff);
+	HV_ASSERT(rc == 0, "net_echo: opening %s: %d (%s)", dev, rc, netdev_strerror(nd, rc));
 
-	net_init(&ne_if, ne_nv.mac, ip, prefix, netvsc_link_tx, &ne_nv);
+	net_init(&ne_if, nd->mac, ip, prefix, netdev_link_tx, nd);
 	net_arg_ipv4("gw", &ne_if.gateway);
-	netvsc_set_rx(&ne_nv, ne_rx, &ne_if);
+	netdev_set_rx(nd, ne_rx, &ne_if);
 	memset(r, 0, sizeof(*r));
-	r->nv = &ne_nv;
+	r->dev = nd;
 	r->nif = &ne_if;
-	r->tsc_hz = ne_nv.tsc_hz;
-	r->idle_cycles = ne_nv.tsc_hz / 1000 * hv_arg_u64("idle_ms", 20);
-	r->tick_cycles = ne_nv.tsc_hz / 4;
-	r->log_cycles = ne_nv.tsc_hz * hv_arg_u64("log_s", 0);
+	r->tsc_hz = nd->tsc_hz;
+	r->idle_cycles = nd->tsc_hz / 1000 * hv_arg_u64("idle_ms", 20);
+	r->tick_cycles = nd->tsc_hz / 4;
+	r->log_cycles = nd->tsc_hz * hv_arg_u64("log_s", 0);
 	r->peer = peer;
 	ne_bind(r);
 
 	net_format_ipv4(ip, ipbuf);
-	hv_log("net_echo: link up: MAC %02x:%02x:%02x:%02x:%02x:%02x, %s/%u, NVSP 0x%x, NDIS "
-	       "%u.%u, receive buffer %u x %u bytes, send buffer %u x %u bytes, max frame %u",
-	       ne_nv.mac[0], ne_nv.mac[1], ne_nv.mac[2], ne_nv.mac[3], ne_nv.mac[4], ne_nv.mac[5],
-	       ipbuf, prefix, ne_nv.nvsp_version, ne_nv.ndis_version >> 16,
-	       ne_nv.ndis_version & 0xffff, ne_nv.recv_section_count, ne_nv.recv_section_size,
-	       ne_nv.send_section_count, ne_nv.send_section_size, ne_nv.max_frame);
-	hv_sync(1, ne_mac64(ne_nv.mac), ip, ne_nv.nvsp_version, ne_nv.ndis_version,
-		(uint64_t)ne_nv.recv_section_count << 32 | ne_nv.send_section_count);
+	if (nd->kind == NETDEV_NETVSC)
+		hv_log("net_echo: link up: MAC %02x:%02x:%02x:%02x:%02x:%02x, %s/%u, NVSP 0x%x, NDIS "
+		       "%u.%u, receive buffer %u x %u bytes, send buffer %u x %u bytes, max frame %u",
+		       nd->mac[0], nd->mac[1], nd->mac[2], nd->mac[3], nd->mac[4], nd->mac[5],
+		       ipbuf, prefix, ne_nv.nvsp_version, ne_nv.ndis_version >> 16,
+		       ne_nv.ndis_version & 0xffff, ne_nv.recv_section_count,
+		       ne_nv.recv_section_size, ne_nv.send_section_count, ne_nv.send_section_size,
+		       ne_nv.max_frame);
+	else
+		hv_log("net_echo: link up: MAC %02x:%02x:%02x:%02x:%02x:%02x, %s/%u, virtio-net "
+		       "(virtio-mmio %llu at 0x%llx, GSI %u, vendor 0x%x), features 0x%llx, queues "
+		       "%llu/%llu%s", nd->mac[0], nd->mac[1], nd->mac[2], nd->mac[3], nd->mac[4],
+		       nd->mac[5], ipbuf, prefix, (unsigned long long)nd->info[0],
+		       (unsigned long long)nd->vn->m.base, nd->vn->m.irq, nd->vn->m.vendor_id,
+		       (unsigned long long)nd->vn->m.features,
+		       (unsigned long long)(nd->info[2] >> 32),
+		       (unsigned long long)(nd->info[2] & 0xffffffffu),
+		       nd->vn->rx.event_idx ? ", EVENT_IDX" : "");
+	hv_sync(1, ne_mac64(nd->mac), ip, nd->info[0], nd->info[1], nd->info[2]);
 
 	for (;;) {
-		rc = ring == 3 ? netvsc_run_user(&ne_nv, ne_task, r)
-			       : netvsc_run_kernel(&ne_nv, ne_task, r);
+		rc = ring == 3 ? netdev_run_user(nd, ne_task, r) : netdev_run_kernel(nd, ne_task, r);
 		if (rc != NE_PEER_RESOLVED)
 			break;
 		/* ARP asked and answered: the peer's MAC */
@@ -106,9 +125,30 @@ int hv_main(void)
 	       (unsigned long long)r->echo_bytes, (unsigned long long)r->echo_failed,
 	       (unsigned long long)ne_if.st.icmp_echo_replied,
 	       (unsigned long long)(r->wakeups ? r->wakeups - 1 : 0), (unsigned long long)ring);
-	hv_sync(2, r->echoed, ne_if.st.icmp_echo_replied, ne_nv.st.rx_frames,
-		stack_drops(&ne_if.st), ne_if.st.arp_replied);
-	rc = netvsc_close(&ne_nv);
+	if (nd->kind == NETDEV_VIRTIO) {
+		const struct virtio_net_dev *v = nd->vn;
+
+		hv_log("net_echo: virtio-net rx %llu frames, dropped: bad-id %llu bad-len %llu "
+		       "runt %llu oversize %llu bad-used %llu; tx %llu, completions %llu, bad-tx %llu; "
+		       "kicks %llu (suppressed %llu), interrupts %llu, sleeps %llu",
+		       (unsigned long long)v->st.rx_frames, (unsigned long long)v->st.rx_bad_id,
+		       (unsigned long long)v->st.rx_bad_len, (unsigned long long)v->st.rx_runt,
+		       (unsigned long long)v->st.rx_oversize,
+		       (unsigned long long)(v->rx.bad_used + v->tx.bad_used),
+		       (unsigned long long)v->st.tx_frames, (unsigned long long)v->st.tx_completions,
+		       (unsigned long long)(v->st.tx_bad_id + v->st.tx_bad_len),
+		       (unsigned long long)(v->rx.kicks + v->tx.kicks),
+		       (unsigned long long)(v->rx.kicks_suppressed + v->tx.kicks_suppressed),
+		       (unsigned long long)v->st.interrupts, (unsigned long long)v->st.kernel_waits);
+	}
+	{
+		struct netdev_counters c;
+
+		netdev_counters(nd, &c);
+		hv_sync(2, r->echoed, ne_if.st.icmp_echo_replied, c.rx_frames,
+			stack_drops(&ne_if.st), ne_if.st.arp_replied);
+	}
+	rc = netdev_close(nd);
 	HV_ASSERT(rc == 0, "net_echo: close failed: %d", rc);
 	return 0;
 }

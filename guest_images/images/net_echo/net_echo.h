@@ -4,7 +4,7 @@
 #ifndef NET_ECHO_H
 #define NET_ECHO_H
 
-#include "netvsc.h"
+#include "netdev.h"
 
 #define NE_MAX_RING_PAGES 64u         /* data pages per ring */
 #define NE_RECV_MAX (1u << 20)            /* receive buffer bytes at most */
@@ -15,7 +15,7 @@
 
 /* The ring-3 loop's parameters and counters. User-accessible. */
 struct ne_run {
-	struct netvsc *nv;
+	struct netdev *dev;
 	struct net_if *nif;
 	uint64_t tsc_hz;
 	uint64_t idle_cycles;   /* no traffic for this long: return NETVSC_IDLE (sleep) */
@@ -32,16 +32,17 @@ struct ne_run {
 };
 
 extern struct netvsc ne_nv;
+extern struct netdev ne_dev;
 extern struct net_if ne_if;
 extern struct ne_run ne_run;
 extern uint8_t ne_ring_area[];
 extern uint8_t ne_recv_buf[];
 extern uint8_t ne_send_buf[];
 
-/* The ring-3 task: poll, answer, tick; returns 0 after STOP, NETVSC_IDLE when idle,
+/* The ring-3 task: poll, answer, tick; returns 0 after STOP, NETDEV_IDLE when idle,
  * NE_PEER_RESOLVED once the peer's MAC is known. */
 int ne_task(void *arg);
-/* netvsc rx callback: hand the frame to the stack (ctx = struct net_if). */
+/* The NIC's rx callback: hand the frame to the stack (ctx = struct net_if). */
 void ne_rx(void *ctx, const uint8_t *frame, uint32_t len);
 /* Bind ports 7 and 9 (any ring). */
 void ne_bind(struct ne_run *r);

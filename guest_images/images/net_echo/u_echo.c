@@ -7,6 +7,7 @@ uint8_t ne_ring_area[2 * (NE_MAX_RING_PAGES + 1) * 4096] __attribute__((aligned(
 uint8_t ne_recv_buf[NE_RECV_MAX] __attribute__((aligned(4096)));
 uint8_t ne_send_buf[NE_SEND_MAX] __attribute__((aligned(4096)));
 struct netvsc ne_nv;
+struct netdev ne_dev;
 struct net_if ne_if;
 struct ne_run ne_run;
 
@@ -29,18 +30,34 @@ static void on_echo(struct net_if *nif, const struct net_udp_meta *m, const uint
 	}
 }
 
-/* Port 9: "STOP" ends the run. */
+/* Port 9: "STOP" ends the run; "STAT" is answered (to its sender, from port 9) with the NIC's
+ * counters as one JSON object, so a client can take them around a timed window. */
 static void on_stop(struct net_if *nif, const struct net_udp_meta *m, const uint8_t *data,
 		    uint32_t len, void *ctx)
 {
 	struct ne_run *r = ctx;
 
-	(void)nif;
-	(void)m;
-	if (len == 4 && !memcmp(data, "STOP", 4))
+	if (len == 4 && !memcmp(data, "STOP", 4)) {
 		r->stop = 1;
-	else
+	} else if (len == 4 && !memcmp(data, "STAT", 4)) {
+		struct netdev_counters c;
+		char out[320];
+		int n;
+
+		netdev_counters(r->dev, &c);
+		n = hv_snprintf(out, sizeof(out),
+				"{\"dev\": \"%s\", \"echoed\": %llu, \"rx_frames\": %llu, "
+				"\"tx_frames\": %llu, \"kicks\": %llu, \"interrupts\": %llu, "
+				"\"sleeps\": %llu, \"rx_bad\": %llu}", r->dev->name,
+				(unsigned long long)r->echoed, (unsigned long long)c.rx_frames,
+				(unsigned long long)c.tx_frames, (unsigned long long)c.kicks,
+				(unsigned long long)c.interrupts, (unsigned long long)c.kernel_waits,
+				(unsigned long long)c.rx_bad);
+		if (n > 0 && (uint32_t)n < sizeof(out))
+			net_udp_send(nif, m->src_ip, NE_STOP_PORT, m->src_port, out, (uint32_t)n);
+	} else {
 		r->stop_bad++;
+	}
 }
 
 void ne_bind(struct ne_run *r)
@@ -60,13 +77,14 @@ static bool arp_pending(const struct net_if *nif)
 static void log_counters(const struct ne_run *r)
 {
 	const struct net_stats *s = &r->nif->st;
-	const struct netvsc_stats *v = &r->nv->st;
+	struct netdev_counters v;
 
-	hv_log("net_echo: rx %llu frames (%llu bad RNDIS), tx %llu, udp echoed %llu, pings %llu, "
+	netdev_counters(r->dev, &v);
+	hv_log("net_echo: rx %llu frames (%llu bad), tx %llu, udp echoed %llu, pings %llu, "
 	       "arp replied %llu asked %llu, dropped: runt %llu not-us %llu type %llu arp %llu "
 	       "ip-hdr %llu ip-csum %llu frag %llu icmp %llu udp %llu udp-csum %llu no-port %llu",
-	       (unsigned long long)v->rx_frames, (unsigned long long)v->rx_bad,
-	       (unsigned long long)v->tx_frames, (unsigned long long)r->echoed,
+	       (unsigned long long)v.rx_frames, (unsigned long long)v.rx_bad,
+	       (unsigned long long)v.tx_frames, (unsigned long long)r->echoed,
 	       (unsigned long long)s->icmp_echo_replied, (unsigned long long)s->arp_replied,
 	       (unsigned long long)s->arp_requests, (unsigned long long)s->rx_runt,
 	       (unsigned long long)s->rx_not_us, (unsigned long long)s->rx_ethertype,
@@ -79,35 +97,35 @@ static void log_counters(const struct ne_run *r)
 int ne_task(void *arg)
 {
 	struct ne_run *r = arg;
-	struct netvsc *nv = r->nv;
+	struct netdev *dev = r->dev;
 	uint64_t now = ne_rdtsc(), busy = now, next_tick = now + r->tick_cycles;
 	uint64_t next_log = now + r->log_cycles, next_ask = now;
 
 	r->wakeups++;
-	hvr_in_set_interrupt_mask(&nv->rings.in, 1); /* polling: the host need not interrupt */
+	netdev_poll_mode(dev); /* polling: the host need not interrupt */
 	while (!r->stop) {
-		int n = netvsc_poll(nv);
+		int n = netdev_poll(dev);
 
-		HV_ASSERT(n >= 0, "net_echo: netvsc_poll: %d (rings broken: %u/%u)", n,
-			  nv->rings.out.r.broken, nv->rings.in.r.broken);
+		HV_ASSERT(n >= 0, "net_echo: %s poll: %d (%s)", dev->name, n,
+			  netdev_broken_reason(dev));
 		now = ne_rdtsc();
 		if (n > 0)
 			busy = now;
 		if (r->peer && !r->peer_resolved) {
 			if (net_arp_lookup(r->nif, r->peer, r->peer_mac)) {
 				r->peer_resolved = 1;
-				netvsc_flush(nv);
+				netdev_flush(dev);
 				return NE_PEER_RESOLVED;
 			} else if (now >= next_ask) {
 				net_arp_request(r->nif, r->peer);
-				netvsc_flush(nv);
+				netdev_flush(dev);
 				next_ask = now + r->tsc_hz / 5;
 				busy = now;
 			}
 		}
 		if (now >= next_tick) {
 			net_tick(r->nif);
-			netvsc_flush(nv);
+			netdev_flush(dev);
 			next_tick = now + r->tick_cycles;
 		}
 		if (r->log_cycles && now >= next_log) {
@@ -116,11 +134,11 @@ int ne_task(void *arg)
 		}
 		if (now - busy > r->idle_cycles && !arp_pending(r->nif) &&
 		    (!r->peer || r->peer_resolved))
-			return NETVSC_IDLE;
+			return NETDEV_IDLE;
 		if (n == 0)
 			hv_pause();
 	}
-	netvsc_flush(nv);
+	netdev_flush(dev);
 	log_counters(r);
 	return 0;
 }
