@@ -161,6 +161,17 @@ enum blk_kind blk_kind_of(const char *dev);
  * are copied to *o unless o is NULL. */
 void blk_open_from_cmdline(struct blkdev *b, const char *who, struct blk_options *o);
 
+/* A device's edge-triggered IOAPIC interrupt, on vCPU 0, whose handler only counts: it bumps
+ * *events and c->interrupts, and the driver's ring-0 wait sleeps until *events moves (ata, mmio).
+ * Attach registers the handler, then routes gsi to vector; 0, or BLK_EINVAL when every slot is
+ * taken. Detach masks the route and forgets the device. */
+int blk_irq_attach(uint32_t gsi, uint32_t vector, volatile uint64_t *events,
+		   struct blk_counters *c);
+void blk_irq_detach(uint32_t gsi, uint32_t vector);
+/* Sleep (IF=1, hlt) until *events moves; an interrupt already pending is taken without a sleep,
+ * otherwise c->waits counts the sleep. Called with IF=0. */
+void blk_irq_wait(volatile uint64_t *events, struct blk_counters *c);
+
 /* A workload that keeps `qd` requests of `chunk` bytes in flight, each in its own buffer. */
 struct blk_job {
 	struct blkdev *d;

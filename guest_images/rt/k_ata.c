@@ -7,8 +7,6 @@
 
 #define ATA_VECTOR 0x68u
 
-static struct ata_dev *irq_dev;
-
 /* Let ring 3 use the channel's ports on every vCPU (APs started later share the static TSS
  * images, which rt_cpu_init does not overwrite). */
 static void open_ports(uint16_t base, uint16_t ctrl)
@@ -22,27 +20,10 @@ static void open_ports(uint16_t base, uint16_t ctrl)
 	}
 }
 
-static void ata_isr(unsigned vector, struct hv_regs *regs)
-{
-	(void)vector;
-	(void)regs;
-	if (irq_dev) {
-		irq_dev->c.interrupts++;
-		irq_dev->events++;
-	}
-}
-
 /* Sleep until INTRQ (the handler counts it); the status read that follows clears it. */
 static void kwait(struct ata_dev *d)
 {
-	uint64_t seen = d->events;
-
-	__asm__ volatile("sti; nop; cli" ::: "memory");
-	if (d->events != seen)
-		return;
-	d->c.waits++;
-	while (d->events == seen)
-		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	blk_irq_wait(&d->events, &d->c);
 }
 
 /* An IDENTIFY string: two characters per word, first one in the high byte; trailing spaces cut. */
@@ -110,10 +91,10 @@ int ata_open(struct ata_dev *d, uint32_t pio_width, bool irq)
 	ident_string(&d->identify[23], 4, d->firmware);
 	d->stall_cycles = 0;
 	if (irq) {
-		irq_dev = d;
 		d->vector = ATA_VECTOR;
-		hv_irq_register(d->vector, ata_isr);
-		hv_ioapic_route(d->irq, (uint8_t)d->vector, 0, 0);
+		rc = blk_irq_attach(d->irq, d->vector, &d->events, &d->c);
+		if (rc)
+			return rc;
 		(void)hv_inb((uint16_t)(d->base + ATA_REG_STATUS)); /* no INTRQ left pending */
 		hv_outb((uint16_t)d->ctrl, 0);                      /* nIEN = 0 */
 		d->kwait = kwait;
@@ -129,8 +110,7 @@ int ata_close(struct ata_dev *d)
 		return BLK_EINVAL;
 	if (d->vector) {
 		hv_outb((uint16_t)d->ctrl, ATA_CTL_NIEN);
-		hv_ioapic_route(d->irq, (uint8_t)d->vector, 0, HV_IOAPIC_MASKED);
-		irq_dev = NULL;
+		blk_irq_detach(d->irq, d->vector);
 	}
 	d->kwait = NULL;
 	d->sectors = 0;

@@ -60,6 +60,70 @@ uint64_t blk_tsc_hz(void)
 	return blk_tsc_cache;
 }
 
+/* The counting interrupts of blk_irq_attach: one slot per vector (ata and mmio have one each). */
+static struct {
+	uint32_t vector;
+	volatile uint64_t *events;
+	struct blk_counters *c;
+} blk_irqs[4];
+
+static void blk_isr(unsigned vector, struct hv_regs *regs)
+{
+	(void)regs;
+	for (unsigned i = 0; i < HV_ARRAY_SIZE(blk_irqs); i++)
+		if (blk_irqs[i].events && blk_irqs[i].vector == vector) {
+			blk_irqs[i].c->interrupts++;
+			(*blk_irqs[i].events)++;
+			return;
+		}
+}
+
+int blk_irq_attach(uint32_t gsi, uint32_t vector, volatile uint64_t *events,
+		   struct blk_counters *c)
+{
+	unsigned i, free = HV_ARRAY_SIZE(blk_irqs);
+
+	for (i = 0; i < HV_ARRAY_SIZE(blk_irqs); i++) {
+		if (blk_irqs[i].events && blk_irqs[i].vector == vector)
+			break;                  /* reopened: the new device takes the vector */
+		if (!blk_irqs[i].events && free == HV_ARRAY_SIZE(blk_irqs))
+			free = i;
+	}
+	if (i == HV_ARRAY_SIZE(blk_irqs))
+		i = free;
+	if (i == HV_ARRAY_SIZE(blk_irqs))
+		return BLK_EINVAL;
+	blk_irqs[i].vector = vector;
+	blk_irqs[i].c = c;
+	blk_irqs[i].events = events;
+	hv_irq_register(vector, blk_isr);
+	hv_ioapic_route(gsi, (uint8_t)vector, 0, 0);
+	return 0;
+}
+
+void blk_irq_detach(uint32_t gsi, uint32_t vector)
+{
+	hv_ioapic_route(gsi, (uint8_t)vector, 0, HV_IOAPIC_MASKED);
+	for (unsigned i = 0; i < HV_ARRAY_SIZE(blk_irqs); i++)
+		if (blk_irqs[i].events && blk_irqs[i].vector == vector)
+			blk_irqs[i].events = NULL;
+}
+
+void blk_irq_wait(volatile uint64_t *events, struct blk_counters *c)
+{
+	uint64_t seen = *events;
+
+	/* sti's one-instruction shadow: an interrupt already pending is taken at the nop */
+	__asm__ volatile("sti; nop; cli" ::: "memory");
+	if (*events != seen)
+		return;
+	c->waits++;
+	/* sti; hlt: the shadow keeps an interrupt from landing between the two, so one that
+	 * arrives wakes the hlt instead of being slept past */
+	while (*events == seen)
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+}
+
 static void copy_str(char *dst, size_t size, const char *src)
 {
 	hv_strlcpy(dst, src ? src : "", size);

@@ -7,8 +7,6 @@
 
 #define MMIOBLK_VECTOR 0x69u
 
-static struct mmioblk_dev *irq_dev;
-
 static uint32_t rd(const struct mmioblk_dev *d, uint32_t reg)
 {
 	return *(volatile uint32_t *)(d->regs + reg);
@@ -19,26 +17,9 @@ static void wr(const struct mmioblk_dev *d, uint32_t reg, uint32_t v)
 	*(volatile uint32_t *)(d->regs + reg) = v;
 }
 
-static void mmioblk_isr(unsigned vector, struct hv_regs *regs)
-{
-	(void)vector;
-	(void)regs;
-	if (irq_dev) {
-		irq_dev->c.interrupts++;
-		irq_dev->events++;
-	}
-}
-
 static void kwait(struct mmioblk_dev *d)
 {
-	uint64_t seen = d->events;
-
-	__asm__ volatile("sti; nop; cli" ::: "memory");
-	if (d->events != seen)
-		return;
-	d->c.waits++;
-	while (d->events == seen)
-		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	blk_irq_wait(&d->events, &d->c);
 }
 
 int mmioblk_open(struct mmioblk_dev *d, bool irq)
@@ -84,10 +65,10 @@ int mmioblk_open(struct mmioblk_dev *d, bool irq)
 		d->id[20] = 0;
 	}
 	if (irq) {
-		irq_dev = d;
 		d->vector = MMIOBLK_VECTOR;
-		hv_irq_register(d->vector, mmioblk_isr);
-		hv_ioapic_route(d->irq, (uint8_t)d->vector, 0, 0);
+		rc = blk_irq_attach(d->irq, d->vector, &d->events, &d->c);
+		if (rc)
+			return rc;
 		wr(d, MMIOBLK_REG_IRQ_ENABLE, 1);
 		d->kwait = kwait;
 	}
@@ -100,10 +81,8 @@ int mmioblk_close(struct mmioblk_dev *d)
 	if (!d || !d->regs || d->c.inflight)
 		return BLK_EINVAL;
 	wr(d, MMIOBLK_REG_IRQ_ENABLE, 0);
-	if (d->vector) {
-		hv_ioapic_route(d->irq, (uint8_t)d->vector, 0, HV_IOAPIC_MASKED);
-		irq_dev = NULL;
-	}
+	if (d->vector)
+		blk_irq_detach(d->irq, d->vector);
 	d->kwait = NULL;
 	d->regs = NULL;
 	return 0;
