@@ -155,10 +155,13 @@ int blk_close(struct blkdev *b);
 uint64_t blk_tsc_hz(void);
 /* The kind named by `dev`, or BLK_NONE. */
 enum blk_kind blk_kind_of(const char *dev);
-/* Open the workload's disk as the command line names it: dev=storvsc|virtio|ata|mmio (storvsc)
- * with blk_options_from_cmdline()'s keys. A bad dev= or a failed open is an ASSERT that starts
- * with `who` (storvsc: "who: storvsc_open: rc (why; VMBus a.b, protocol c.d)"). The options used
- * are copied to *o unless o is NULL. */
+/* Open device `dev` with blk_options_from_cmdline()'s options; a failure is an ASSERT that
+ * starts with `who` (storvsc: "who: storvsc_open: rc (why; VMBus a.b, protocol c.d)"). The
+ * options used are copied to *o unless o is NULL. */
+void blk_open_or_assert(struct blkdev *b, const char *dev, const char *who,
+			struct blk_options *o);
+/* The same for the device the command line names: dev=storvsc|virtio|ata|mmio (storvsc); a bad
+ * dev= is an ASSERT too. */
 void blk_open_from_cmdline(struct blkdev *b, const char *who, struct blk_options *o);
 
 /* A device's edge-triggered IOAPIC interrupt, on vCPU 0, whose handler only counts: it bumps

@@ -300,13 +300,20 @@ int blk_close(struct blkdev *b)
 
 void blk_open_from_cmdline(struct blkdev *b, const char *who, struct blk_options *o)
 {
-	struct blk_options opts;
 	char dev[16] = "storvsc";
-	int rc;
 
 	hv_arg("dev", dev, sizeof(dev));
 	HV_ASSERT(blk_kind_of(dev) != BLK_NONE,
 		  "%s: dev must be storvsc, virtio, ata or mmio, not '%s'", who, dev);
+	blk_open_or_assert(b, dev, who, o);
+}
+
+void blk_open_or_assert(struct blkdev *b, const char *dev, const char *who,
+			struct blk_options *o)
+{
+	struct blk_options opts;
+	int rc;
+
 	blk_options_from_cmdline(&opts);
 	if (o)
 		*o = opts;

@@ -32,10 +32,13 @@ int hv_main(void)
 {
 	struct bench_run *b = &bench_user_run;
 	struct blkdev *d = &bench_dev;
-	char mode[16] = "randread";
+	/* the devices disk_bench drives (hvkvm bench's disk_bench_knows() looks for them here) */
+	static const char *const devs[] = { "storvsc", "virtio", "ata", "mmio" };
+	char mode[16] = "randread", dev[16] = "storvsc";
 	struct blk_options o;
 	uint64_t span, qd;
 	uint32_t qd_max;
+	bool dev_ok = false;
 	int rc;
 
 	memset(b, 0, sizeof(*b));
@@ -60,7 +63,11 @@ int hv_main(void)
 	HV_ASSERT(b->ring == 0 || b->ring == 3, "disk_bench: ring must be 0 or 3");
 	HV_ASSERT(b->buf_offset < HVR_PAGE_SIZE, "disk_bench: buf_offset must be 0..4095");
 	HV_ASSERT(b->count || b->seconds, "disk_bench: count or seconds must be > 0");
-	blk_open_from_cmdline(d, "disk_bench", &o);
+	hv_arg("dev", dev, sizeof(dev));
+	for (unsigned i = 0; i < HV_ARRAY_SIZE(devs); i++)
+		dev_ok |= !strcmp(dev, devs[i]);
+	HV_ASSERT(dev_ok, "disk_bench: dev must be storvsc, virtio, ata or mmio, not '%s'", dev);
+	blk_open_or_assert(d, dev, "disk_bench", &o);
 	b->d = d;
 	b->tsc_hz = d->tsc_hz;
 	HV_ASSERT(b->tsc_hz, "disk_bench: no TSC frequency");
