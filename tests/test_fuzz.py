@@ -1,10 +1,11 @@
 """libFuzzer harnesses for every C parser that sees guest bytes (``csrc/fuzz/``): the VMBus ring
-(packet descriptors, GPA ranges, indices), the storvsc plane (vstor_packet, SRB, CDB parsing) and
-the netvsc plane (NVSP, RNDIS, send sections, GPA-direct messages, frames from the TAP).
+(packet descriptors, GPA ranges, indices), the storvsc plane (vstor_packet, SRB, CDB parsing),
+the netvsc plane (NVSP, RNDIS, send sections, GPA-direct messages, frames from the TAP) and the
+virtio-blk plane (descriptor chains, the available ring, request headers).
 
 Each harness is built with clang (``-fsanitize=fuzzer,address,undefined``), replays its seed
 corpus plus every regression input in ``csrc/fuzz/corpus/<harness>/`` once, then fuzzes for a
-bounded time (``HVKVM_FUZZ_SECONDS``, default 20 s each) from a copy of the corpus. A crash, a
+bounded time (``HVKVM_FUZZ_SECONDS``, default 15 s each) from a copy of the corpus. A crash, a
 sanitizer report or a broken invariant fails the test and names the input: add it to the
 corpus as ``crash-<what>`` (it is replayed from then on) and fix the C.
 
@@ -27,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 FUZZ = CSRC / "fuzz"
-SECONDS = int(os.environ.get("HVKVM_FUZZ_SECONDS", "20"))
+SECONDS = int(os.environ.get("HVKVM_FUZZ_SECONDS", "15"))
 PACKAGES = "clang libclang-rt-14-dev"
 
 #: harness -> the csrc sources it links
@@ -35,6 +36,7 @@ HARNESSES = {
     "fuzz_ring": ["vmbus_ring.c"],
     "fuzz_storage": ["vmbus_ring.c", "hvr_storage.c"],
     "fuzz_net": ["vmbus_ring.c", "hv_synic.c", "hvr_plane.c"],
+    "fuzz_vblk": [],            # includes hvr_virtio_blk.c (one file, no header)
 }
 FLAGS = ["-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
          "-fno-omit-frame-pointer", "-DHVR_HOSTED", f"-I{CSRC}", "-Wall", "-Wno-unused-function"]
@@ -148,7 +150,7 @@ def test_seed_corpus_matches_its_generator(tmp_path):
     sys.modules["make_corpus"] = mod
     spec.loader.exec_module(mod)
     for name, seeds in (("fuzz_ring", mod.ring_seeds()), ("fuzz_storage", mod.storage_seeds()),
-                        ("fuzz_net", mod.net_seeds())):
+                        ("fuzz_net", mod.net_seeds()), ("fuzz_vblk", mod.vblk_seeds())):
         for key, data in seeds.items():
             path = FUZZ / "corpus" / name / f"seed-{key}"
             assert path.is_file() and path.read_bytes() == data, \

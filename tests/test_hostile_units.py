@@ -172,3 +172,29 @@ def test_gpadl_count_limit_is_answered(monkeypatch):
         _big_gpadl(cs, h, 1)
     statuses = [status for _h, status in _created(sent)]
     assert statuses.count(0) == MAX_GPADLS and len(statuses) == MAX_GPADLS + 2
+
+
+def test_security_md_names_every_attack_and_hostile_test():
+    """SECURITY.md's table stays the list of what is tested: every attack in the hostile
+    images' tables and every test of the hostile suite is named there."""
+    import ast
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "SECURITY.md").read_text()
+    attacks = []
+    for image in ("hostile_vmbus", "hostile_cpu", "hostile_dev"):
+        src = (root / "guest_images" / "images" / image / "main.c").read_text()
+        table = src[src.index("hostile_attacks[] = {"):]
+        table = table[:table.index("{NULL, NULL}")]
+        attacks += re.findall(r'\{"([a-z0-9_]+)",', table)
+    assert len(attacks) >= 45
+    tests = []
+    for name in ("test_hostile.py", "test_hostile_units.py"):
+        tree = ast.parse((root / "tests" / name).read_text())
+        tests += [f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+                  and f.name.startswith("test_") and f.name != "test_security_md_names_every_"
+                  "attack_and_hostile_test"]
+    missing = [a for a in attacks if f"`{a}`" not in doc]
+    missing += [t for t in tests if f"`{t}`" not in doc]
+    assert not missing, f"SECURITY.md does not name: {missing}"

@@ -195,9 +195,54 @@ def net_seeds() -> dict[str, bytes]:
     return seeds
 
 
+# ---- fuzz_vblk --------------------------------------------------------------------------------
+
+VIRTQ_NEXT, VIRTQ_WRITE = 1, 2
+
+
+def vblk_desc(idx: int, off: int, length: int, flags: int, nxt: int, ram1: bool = False) -> bytes:
+    """One descriptor rewrite: an address inside RAM0 (mode 2) or RAM1 (mode 1), a u16 length."""
+    return u16(idx) + u8(1 if ram1 else 2) + u16(off) + u16(length) + u8(flags) + u16(nxt)
+
+
+def vblk_round(descs: list[bytes], writes: list[tuple[int, bytes]], heads: list[int],
+               avail_flags: int = 0, used_event: int = 0) -> bytes:
+    out = u8(len(descs)) + b"".join(descs) + u8(len(writes))
+    for off, data in writes:
+        out += u16(off) + u8(len(data)) + data
+    return out + u8(len(heads)) + b"".join(u16(h) for h in heads) + u8(avail_flags) + \
+        u16(used_event)
+
+
+def vblk_header(rtype: int, sector: int) -> bytes:
+    return u32(rtype) + u32(0) + u64(sector)
+
+
+def vblk_seeds() -> dict[str, bytes]:
+    """Queue of 8 with EVENT_IDX (cfg 0x0b): a read; a write, a flush and GET_ID; the same
+    through RAM1 on an O_DIRECT disk (cfg 0x2b: unaligned segments take the bounce buffer)."""
+    read = vblk_round([vblk_desc(0, 0x3000, 16, VIRTQ_NEXT, 1),
+                       vblk_desc(1, 0x4000, 512, VIRTQ_NEXT | VIRTQ_WRITE, 2),
+                       vblk_desc(2, 0x5000, 1, VIRTQ_WRITE, 0)],
+                      [(0x3000, vblk_header(0, 5))], [0])
+    write = vblk_round([vblk_desc(1, 0x4000, 1024, VIRTQ_NEXT, 2)],
+                       [(0x3000, vblk_header(1, 7)), (0x4000, b"w" * 200)], [0], used_event=1)
+    flush = vblk_round([vblk_desc(0, 0x3000, 16, VIRTQ_NEXT, 2)],
+                       [(0x3000, vblk_header(4, 0))], [0], avail_flags=1)
+    get_id = vblk_round([vblk_desc(0, 0x3000, 16, VIRTQ_NEXT, 1),
+                         vblk_desc(1, 0x4000, 20, VIRTQ_NEXT | VIRTQ_WRITE, 2)],
+                        [(0x3000, vblk_header(8, 0))], [0, 0])
+    ram1 = vblk_round([vblk_desc(0, 0x100, 16, VIRTQ_NEXT, 1, ram1=True),
+                       vblk_desc(1, 0x1001, 1024, VIRTQ_NEXT | VIRTQ_WRITE, 2, ram1=True),
+                       vblk_desc(2, 0x2000, 1, VIRTQ_WRITE, 0, ram1=True)], [], [0])
+    return {"read": u8(0x0b) + read,
+            "write_flush_get_id": u8(0x0b) + read + write + flush + get_id,
+            "ram1_direct": u8(0x2b) + ram1}
+
+
 def main() -> None:
     for name, seeds in (("fuzz_ring", ring_seeds()), ("fuzz_storage", storage_seeds()),
-                        ("fuzz_net", net_seeds())):
+                        ("fuzz_net", net_seeds()), ("fuzz_vblk", vblk_seeds())):
         d = HERE / "corpus" / name
         d.mkdir(parents=True, exist_ok=True)
         for key, data in seeds.items():
