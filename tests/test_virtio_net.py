@@ -1,5 +1,7 @@
 """The guest's virtio-net driver (``guest_images/include/virtio_net.h``, ``dev=virtio``) against
-QEMU's virtio-net-device: QEMU (microvm + KVM, the benchmark's pinned configuration) runs inside a
+QEMU's virtio-net-device, and against a hostile device under hvkvm.
+
+QEMU's: QEMU (microvm + KVM, the benchmark's pinned configuration) runs inside a
 network namespace the test creates, on a TAP made there; ping and UDP come from the namespace.
 Nothing touches the root namespace.
 
@@ -9,6 +11,11 @@ Nothing touches the root namespace.
 - Malformed frames written raw into the TAP (runts, broken IPv4 and UDP headers, random bytes,
   frames larger than the driver takes and larger than its buffers) are dropped and counted; the
   driver keeps working.
+
+Hostile (hvkvm, a device whose registers are served in Python and whose used rings the test
+writes): used ids beyond the queue, lengths below the header or above the buffer, a transmit
+completion for a buffer never sent are counted and dropped while a good frame still arrives; a
+used index more than a queue ahead stops the guest with an ASSERT, not a wild read.
 """
 
 from __future__ import annotations
@@ -35,13 +42,15 @@ TAP = "hvv0"
 GUEST_IP, HOST_IP = "10.84.0.2", "10.84.0.1"
 GUEST_MAC = bytes.fromhex("02aa00840002")
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
-                                            "(Debian: apt-get install qemu-system-x86)"),
-    pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
-                       reason="/dev/kvm is not usable (QEMU's peer runs with KVM)"),
-]
+
+
+def qemu_test(fn):
+    """Marks of a QEMU test: ``qemu``, skipped without QEMU or a usable /dev/kvm."""
+    fn = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                            reason="/dev/kvm is not usable (QEMU's peer runs with KVM)")(fn)
+    fn = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
+                                                 "(Debian: apt-get install qemu-system-x86)")(fn)
+    return pytest.mark.qemu(fn)
 
 _counter = itertools.count()
 
@@ -152,6 +161,7 @@ def ping(ns: str, count: int) -> str:
     return r.stdout
 
 
+@qemu_test
 @pytest.mark.parametrize("ring", [3, 0], ids=["ring3", "ring0"])
 def test_qemu_virtio_net_answers_ping_and_udp_echo_byte_exact(netns, ring):
     g = Guest(netns, ring)
@@ -200,6 +210,7 @@ def _ipv4(src: str, dst: str, proto: int, payload: bytes, total: int | None = No
     return h[:10] + struct.pack("!H", csum) + h[12:] + payload
 
 
+@qemu_test
 def test_malformed_and_oversized_frames_from_the_tap_leave_the_driver_working(netns):
     # frames larger than the standard 1514 can only be written with a larger MTU on the TAP
     _ip("-n", netns, "link", "set", TAP, "mtu", "4000")
@@ -257,3 +268,175 @@ def test_malformed_and_oversized_frames_from_the_tap_leave_the_driver_working(ne
         assert g.counter("net_echo: rx ", name) >= 1, (name, g.console())
     for bad in ("bad-id", "bad-len", "bad-used", "bad-tx"):
         assert g.counter("net_echo: virtio-net", bad) == 0, bad
+
+
+# -- a hostile virtio-net device under hvkvm: the driver's used-ring checks ---------------------
+
+class HostileNet:
+    """A virtio-net device on hvkvm's virtio-mmio slot 7, registers served in Python, whose
+    "data plane" is the test writing used-ring entries straight into guest RAM: ids beyond the
+    queue, lengths outside the buffer, transmit completions for buffers never sent, a used index
+    far ahead. Interrupts through an irqfd on the slot's GSI."""
+
+    QSIZE = 16
+
+    def __init__(self):
+        from hvkvm.vsp import virtio_blk as vb
+        self.vb = vb
+        self.base, self.irq = vb.slot_address(vb.VIRTIO_MMIO_SLOTS - 1)
+        self.mac = GUEST_MAC
+        self.features = 1 << 32 | 1 << 5            # VERSION_1, MAC (no EVENT_IDX, no STATUS)
+        self.lock = threading.Lock()
+        self.status = self.sel = self.dsel = self.isr = 0
+        self.q = [dict(num=0, ready=0, desc=0, driver=0, device=0) for _ in range(2)]
+        self.driver_ok = threading.Event()
+        self.p = self.vm = None
+        self.irq_fd = -1
+
+    def spec(self):
+        from hvkvm.partition.config import DeviceSpec
+        return DeviceSpec("mmio", self.base, self.vb.VIRTIO_MMIO_SLOT_SIZE, self)
+
+    def cmdline(self) -> str:
+        return self.vb.cmdline_key(self.base, self.irq)
+
+    def attach(self, partition):
+        self.p, self.vm = partition, partition.vm
+        self.irq_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.vm.irqfd(self.irq_fd, self.irq)
+
+    def detach(self):
+        if self.irq_fd >= 0:
+            try:
+                self.vm.irqfd_deassign(self.irq_fd, self.irq)
+            except OSError:
+                pass
+            os.close(self.irq_fd)
+            self.irq_fd = -1
+
+    close = detach
+
+    def read(self, offset: int, data: memoryview):
+        n = len(data)
+        with self.lock:
+            if offset >= 0x100:
+                cfg = self.mac.ljust(8, b"\0")
+                off = offset - 0x100
+                data[:] = cfg[off:off + n].ljust(n, b"\0")
+                return
+            q = self.q[self.sel] if self.sel < 2 else None
+            v = {0x000: 0x74726976, 0x004: 2, 0x008: 1, 0x00c: 0x564b5648,
+                 0x010: (self.features >> (32 * self.dsel)) & 0xFFFFFFFF if self.dsel < 2 else 0,
+                 0x034: self.QSIZE if q else 0, 0x044: q["ready"] if q else 0,
+                 0x060: self.isr, 0x070: self.status}.get(offset, 0)
+        data[:] = v.to_bytes(4, "little")[:n].ljust(n, b"\0")
+
+    def write(self, offset: int, data):
+        v = int.from_bytes(bytes(data), "little")
+        with self.lock:
+            q = self.q[self.sel] if self.sel < 2 else None
+            if offset == 0x014:
+                self.dsel = v
+            elif offset == 0x030:
+                self.sel = v
+            elif offset == 0x064:
+                self.isr &= ~v
+            elif offset == 0x070:
+                self.status = v
+                if v == 0:
+                    self.q = [dict(num=0, ready=0, desc=0, driver=0, device=0) for _ in range(2)]
+                if v & 4:
+                    self.driver_ok.set()
+            elif q is not None and offset in (0x038, 0x044):
+                q["num" if offset == 0x038 else "ready"] = v
+            elif q is not None and offset in (0x080, 0x090, 0x0a0):
+                q[{0x080: "desc", 0x090: "driver", 0x0a0: "device"}[offset]] = v
+            # high address words, features, QueueNotify: nothing to do
+
+    # -- the hostile "device" side ----------------------------------------------------------
+
+    def avail(self, qi: int) -> tuple[int, list[int]]:
+        q = self.q[qi]
+        raw = self.p.memory.read(q["driver"], 4 + 2 * q["num"])
+        idx = struct.unpack_from("<H", raw, 2)[0]
+        return idx, list(struct.unpack_from(f"<{q['num']}H", raw, 4))
+
+    def buffer(self, qi: int, i: int) -> tuple[int, int]:
+        addr, length = struct.unpack("<QI", self.p.memory.read(self.q[qi]["desc"] + 16 * i, 12))
+        return addr, length
+
+    def used(self, qi: int, entries: list[tuple[int, int]], idx_override: int | None = None):
+        """Append entries to queue qi's used ring, publish the index, interrupt."""
+        q = self.q[qi]
+        cur = struct.unpack("<H", self.p.memory.read(q["device"] + 2, 2))[0]
+        for k, (i, ln) in enumerate(entries):
+            slot = (cur + k) % q["num"]
+            self.p.memory.write(q["device"] + 4 + 8 * slot, struct.pack("<II", i, ln))
+        new = (cur + len(entries)) & 0xFFFF if idx_override is None else idx_override
+        self.p.memory.write(q["device"] + 2, struct.pack("<H", new))
+        with self.lock:
+            self.isr |= 1
+        os.eventfd_write(self.irq_fd, 1)
+
+
+def _stop_frame() -> bytes:
+    udp = struct.pack("!HHHH", 4321, 9, 12, 0) + b"STOP"
+    return _eth(GUEST_MAC, bytes.fromhex("02aabbcc8501"), 0x0800,
+                _ipv4("10.85.0.1", "10.85.0.2", 17, udp))
+
+
+def _hostile_run(make_partition, inject):
+    from hvkvm.partition.config import PartitionConfig
+    dev = HostileNet()
+    p = make_partition(PartitionConfig(
+        image=images.image_path("net_echo"), devices=[dev.spec()], timeout=60,
+        cmdline=f"net_echo dev=virtio ip=10.85.0.2/24 ring=3 {dev.cmdline()}"))
+    err = []
+
+    def device():
+        try:
+            assert dev.driver_ok.wait(30)
+            end = time.monotonic() + 30
+            while dev.avail(0)[0] != HostileNet.QSIZE:     # every receive buffer posted
+                assert time.monotonic() < end
+                time.sleep(0.01)
+            inject(dev)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            err.append(e)
+    t = threading.Thread(target=device, daemon=True)
+    t.start()
+    r = p.run()
+    t.join(30)
+    assert not err, err
+    return r
+
+
+@pytest.mark.kvm
+def test_hostile_used_entries_are_counted_and_dropped_and_the_driver_goes_on(make_partition):
+    def inject(dev):
+        _, ring = dev.avail(0)
+        a, b, c = ring[:3]
+        addr, length = dev.buffer(0, c)
+        assert length == 2048
+        frame = _stop_frame()
+        dev.p.memory.write(addr, bytes(12) + frame)
+        dev.used(1, [(5, 0)])                                   # a send that never was
+        dev.used(0, [(HostileNet.QSIZE + 3, 64),                # no such descriptor
+                     (a, 5),                                    # shorter than the header
+                     (b, 4096),                                 # longer than the buffer
+                     (c, 12 + len(frame))])                     # the one good frame: STOP
+    r = _hostile_run(make_partition, inject)
+    assert r.passed, f"{r.reason}\n" + "\n".join(r.logs)
+    line = next(ln for ln in r.logs if ln.startswith("net_echo: virtio-net"))
+    counts = {k: int(v) for k, v in re.findall(r"([a-z-]+) (\d+)", line)}
+    assert counts["bad-used"] == 1 and counts["bad-len"] == 2 and counts["bad-tx"] == 1, line
+    assert line.startswith("net_echo: virtio-net rx 1 frames"), line
+
+
+@pytest.mark.kvm
+def test_a_used_index_beyond_the_queue_stops_the_guest_with_an_assert(make_partition):
+    def inject(dev):
+        dev.used(0, [], idx_override=HostileNet.QSIZE + 1)
+    r = _hostile_run(make_partition, inject)
+    assert not r.passed
+    assert "used ring index moved more than a queue ahead" in r.reason, r.reason
