@@ -59,6 +59,7 @@ int hvr_plane_init(struct hvr_plane *p, struct hv_ring_buffer *in_hdr, uint32_t 
 
 	memset(p, 0, sizeof(*p));
 	p->stop_fd = -1;
+	p->wake_fd = -1;
 	if (!handler || !event_flags || kick_fd < 0 || relid >= 2048)
 		return HVR_EINVAL;
 	rc = hvr_in_attach(&p->in, in_hdr, in_size, flags);
@@ -87,6 +88,7 @@ static int drain(struct hvr_plane *p)
 	struct hvr_pkt pkt;
 	int n = 0, rc, sig;
 
+	p->blocked = 0;
 	while (n < HVR_PLANE_BATCH) {
 		rc = hvr_in_peek(&p->in, &pkt);
 		if (rc == HVR_EMPTY)
@@ -103,6 +105,11 @@ static int drain(struct hvr_plane *p)
 				continue;
 			if (rc < 0)
 				return rc;
+			break;
+		}
+		if (rc == HVR_PLANE_RETRY) {
+			p->stats.retries++;
+			p->blocked = 1;
 			break;
 		}
 		if (rc < 0)
@@ -133,23 +140,48 @@ static void *plane_main(void *arg)
 {
 	struct hvr_plane *p = arg;
 	uint64_t idle_since = now_ns();
-	struct pollfd fds[2];
-	int n;
+	struct pollfd fds[3];
+	int n, r, nfds;
 
 	/* Busy: the guest need not kick while we poll. */
 	hvr_in_set_interrupt_mask(&p->in, 1);
 	while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+		r = p->reap ? p->reap(p) : 0;
+		if (r < 0) {
+			p->error = r;
+			break;
+		}
+		p->stats.reaped += (uint64_t)r;
 		n = drain(p);
 		if (n < 0) {
 			p->error = n;
 			break;
 		}
-		if (n > 0) {
+		if (n > 0 || r > 0) {
 			idle_since = now_ns();
 			continue;
 		}
 		if (now_ns() - idle_since < (uint64_t)p->spin_us * 1000u) {
 			cpu_relax();
+			continue;
+		}
+		if (p->blocked && p->wake_fd >= 0) {
+			/* Every request slot is busy: only a completion lets the next packet in, so
+			 * sleep on those (the ring stays masked: we know it holds work). */
+			fds[0].fd = p->wake_fd;
+			fds[0].events = POLLIN;
+			fds[1].fd = p->stop_fd;
+			fds[1].events = POLLIN;
+			p->stats.sleeps++;
+			if (poll(fds, 2, -1) < 0 && errno != EINTR) {
+				p->error = -errno;
+				break;
+			}
+			/* Drained before reap() looks: a completion queued after this read
+			 * writes the eventfd again, so none is left unseen. */
+			if (fds[0].revents & POLLIN)
+				drain_eventfd(p->wake_fd);
+			idle_since = now_ns();
 			continue;
 		}
 		/* Idle: unmask, then look once more (hvr_in_unmask fences between the two), so a
@@ -164,8 +196,15 @@ static void *plane_main(void *arg)
 			fds[0].events = POLLIN;
 			fds[1].fd = p->stop_fd;
 			fds[1].events = POLLIN;
+			nfds = 2;
+			if (p->wake_fd >= 0) {
+				/* completions of asynchronous work wake us as the guest's kicks do */
+				fds[2].fd = p->wake_fd;
+				fds[2].events = POLLIN;
+				nfds = 3;
+			}
 			p->stats.sleeps++;
-			if (poll(fds, 2, -1) < 0 && errno != EINTR) {
+			if (poll(fds, (nfds_t)nfds, -1) < 0 && errno != EINTR) {
 				p->error = -errno;
 				break;
 			}
@@ -173,12 +212,16 @@ static void *plane_main(void *arg)
 				drain_eventfd(p->kick_fd);
 				p->stats.kicks++;
 			}
+			if (nfds == 3 && (fds[2].revents & POLLIN))
+				drain_eventfd(p->wake_fd);
 		}
 		hvr_in_set_interrupt_mask(&p->in, 1);
 		idle_since = now_ns();
 	}
 	if (p->error == HVR_EBROKEN)
 		p->broken = p->in.r.broken ? p->in.r.broken : p->out.r.broken;
+	if (p->on_stop)
+		p->on_stop(p);
 	/* Leave the ring unmasked so a guest that keeps writing still kicks (nobody listens, but
 	 * a later plane on the same ring starts from a sane state). */
 	hvr_in_set_interrupt_mask(&p->in, 0);

@@ -27,6 +27,26 @@ struct hvr_plane;
  */
 typedef int (*hvr_plane_handler)(struct hvr_plane *p, const struct hvr_pkt *pkt);
 
+/*
+ * A handler's "not now": it cannot take the packet until some of its own asynchronous work
+ * completes (all its request slots are busy). The packet stays in the ring; the plane sleeps on
+ * `wake_fd` (not on the guest's kicks) until reap() reports progress, then retries.
+ */
+#define HVR_PLANE_RETRY (-100)
+
+/*
+ * Optional hooks of a handler that completes work asynchronously (storage I/O on worker
+ * threads). All run on the plane thread, so the receive ring keeps one writer:
+ *   reap(p)     write what finished to the receive ring; returns how many (>= 0) or a negative
+ *               error that stops the plane. Called before every drain pass, whose commit
+ *               publishes (and signals) what reap() wrote.
+ *   on_stop(p)  the thread is about to exit: wait for or cancel everything outstanding, so no
+ *               work touches guest RAM once hvr_plane_stop() has returned.
+ *   wake_fd     readable when reap() has something to do; polled while the plane sleeps.
+ */
+typedef int (*hvr_plane_reap)(struct hvr_plane *p);
+typedef void (*hvr_plane_on_stop)(struct hvr_plane *p);
+
 struct hvr_plane_stats {
 	uint64_t packets;     /* packets handled */
 	uint64_t bytes;       /* payload bytes handled */
@@ -35,6 +55,8 @@ struct hvr_plane_stats {
 	uint64_t signals;     /* interrupts raised to the guest */
 	uint64_t full_waits;  /* times a reply waited for ring space */
 	uint64_t batches;     /* drain passes that handled at least one packet */
+	uint64_t retries;     /* drain passes stopped by HVR_PLANE_RETRY (no free request slot) */
+	uint64_t reaped;      /* asynchronous completions posted by reap() */
 };
 
 struct hvr_plane {
@@ -50,6 +72,10 @@ struct hvr_plane {
 	uint32_t need;               /* handler: ring bytes wanted on HVR_FULL */
 	hvr_plane_handler handler;
 	void *ctx;                   /* handler state */
+	hvr_plane_reap reap;         /* optional (set before hvr_plane_start()); see above */
+	hvr_plane_on_stop on_stop;   /* optional */
+	int wake_fd;                 /* with reap: readable when it has work; -1: none */
+	int blocked;                 /* the last drain stopped on HVR_PLANE_RETRY */
 	struct hvr_plane_stats stats;
 	volatile int stop;
 	int error;                   /* why the plane stopped on its own (negative), or 0 */

@@ -8,8 +8,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -63,6 +65,58 @@
 
 /* The request disagrees with itself: SRB_STATUS_INVALID_REQUEST. */
 #define INVALID_REQUEST 0xffffffffu
+/* The command went to the worker pool: its completion comes from hvr_storage_reap(). */
+#define DEFERRED 0xfffffffeu
+
+/* What a request slot asks a worker to do. */
+enum io_kind { IO_READ = 1, IO_WRITE = 2, IO_SYNC = 3 };
+
+/*
+ * One outstanding command. The ring thread fills it (iovecs over checked guest RAM, the
+ * completion packet so far) and owns it again once a worker has put it on the done list.
+ */
+struct io_slot {
+	struct io_slot *next;
+	uint64_t trans_id;
+	const struct hvr_storage_lun *u;
+	struct iovec *iov;        /* iov_cap entries of the pool's array */
+	uint32_t cnt;
+	uint32_t len;
+	uint64_t off;
+	uint32_t kind;            /* enum io_kind */
+	uint32_t fua;             /* WRITE with FUA: fdatasync before completing */
+	uint32_t sense_limit;
+	int32_t sync_err;         /* worker: fdatasync's -errno for FUA, else 0 */
+	int64_t result;           /* worker: bytes moved or -errno */
+	struct vstor_packet resp;
+};
+
+/*
+ * The pool. mu guards sq, done, busy and stop; the ring thread alone uses free, cur and the
+ * slot it fills. A worker queues a finished slot on `done` and writes wake_fd when the list was
+ * empty (the plane drains wake_fd before it reaps, so no completion goes unseen).
+ */
+struct hvr_aio {
+	pthread_mutex_t mu;
+	pthread_cond_t work;      /* workers: sq non-empty or stop */
+	pthread_cond_t idle;      /* quiesce: busy reached 0 */
+	struct io_slot *sq_head, *sq_tail;
+	struct io_slot *done;
+	uint32_t ndone;           /* slots on done; read without mu as a hint (atomic) */
+	uint32_t busy;            /* slots a worker is running */
+	int stop;
+	int wake_fd;
+	uint32_t nthreads;
+	pthread_t threads[HVR_STORAGE_MAX_WORKERS];
+	struct io_slot *slots;
+	struct iovec *iovs;
+	uint32_t nslots;
+	uint32_t limit;           /* usable slots: all their completions fit the receive ring */
+	uint32_t outstanding;     /* slots not free (ring thread) */
+	struct io_slot *free;     /* ring thread */
+	struct io_slot *cur;      /* the slot the command being parsed may defer into */
+	uint8_t nowait_bad[2][HVR_STORAGE_MAX_LUNS]; /* [write][lun index]: RWF_NOWAIT refused */
+};
 
 /* A command's data buffer: iovecs over guest RAM (or one host buffer in tests). */
 struct dbuf {
@@ -219,8 +273,12 @@ static void iov_advance(struct iovec **iov, uint32_t *cnt, size_t n)
 	}
 }
 
-/* preadv/pwritev until done; returns bytes moved (short only at end of file) or -errno. */
-static int64_t rw_all(int fd, int write, struct iovec *iov, uint32_t cnt, uint64_t off)
+/*
+ * preadv2/pwritev2 until done; returns bytes moved (short only at end of file) or -errno.
+ * rwf RWF_NOWAIT: -EAGAIN as soon as a piece would block (the bytes moved so far are lost).
+ */
+static int64_t rw_flags(int fd, int write, struct iovec *iov, uint32_t cnt, uint64_t off,
+			int rwf)
 {
 	int64_t done = 0;
 	ssize_t n;
@@ -228,8 +286,8 @@ static int64_t rw_all(int fd, int write, struct iovec *iov, uint32_t cnt, uint64
 	while (cnt) {
 		int c = (int)(cnt < IOV_MAX ? cnt : IOV_MAX);
 
-		n = write ? pwritev(fd, iov, c, (off_t)(off + (uint64_t)done))
-			  : preadv(fd, iov, c, (off_t)(off + (uint64_t)done));
+		n = write ? pwritev2(fd, iov, c, (off_t)(off + (uint64_t)done), rwf)
+			  : preadv2(fd, iov, c, (off_t)(off + (uint64_t)done), rwf);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -244,6 +302,11 @@ static int64_t rw_all(int fd, int write, struct iovec *iov, uint32_t cnt, uint64
 		iov_advance(&iov, &cnt, (size_t)n);
 	}
 	return done;
+}
+
+static int64_t rw_all(int fd, int write, struct iovec *iov, uint32_t cnt, uint64_t off)
+{
+	return rw_flags(fd, write, iov, cnt, off, 0);
 }
 
 static int direct_ok(const struct iovec *iov, uint32_t cnt, uint64_t off)
@@ -515,13 +578,87 @@ static uint32_t check_range(const struct hvr_storage_lun *u, uint64_t lba, uint6
 	return 0;
 }
 
+/* The sense a finished READ/WRITE gets (0: good); counts it. */
+static uint32_t rw_done(struct hvr_storage *s, int write, uint32_t nbytes, int64_t n, int fua,
+			int sync_err)
+{
+	if (write) {
+		if (n < 0)
+			return n == -ENOSPC ? SPACE_ALLOCATION_FAILED : WRITE_ERROR;
+		if (fua) {
+			s->stats.flushes++;
+			if (sync_err)
+				return sync_err == -ENOSPC ? SPACE_ALLOCATION_FAILED : WRITE_ERROR;
+		}
+		s->stats.writes++;
+		s->stats.bytes_written += nbytes;
+	} else {
+		if (n != (int64_t)nbytes)
+			return UNRECOVERED_READ_ERROR;
+		s->stats.reads++;
+		s->stats.bytes_read += nbytes;
+	}
+	return 0;
+}
+
+/*
+ * With a pool, try the page cache without blocking (RWF_NOWAIT) on the ring thread: the bytes
+ * moved, or -EAGAIN to hand the command to a worker. A file that refuses RWF_NOWAIT for this
+ * direction is remembered and then served inline as in HVR_IO_SYNC.
+ */
+static int64_t rw_inline(struct hvr_storage *s, const struct hvr_storage_lun *u, int write,
+			 const struct dbuf *b, uint32_t len, uint64_t off)
+{
+	struct hvr_aio *a = s->aio;
+	struct iovec *iov = (struct iovec *)s->iov + s->iov_cap;
+	uint8_t *bad = &a->nowait_bad[write][u - s->luns];
+	uint32_t cnt;
+	int64_t n;
+
+	if (*bad)
+		return disk_io(s, u, write, b, len, off);
+	cnt = iov_prefix(b, len, iov);
+	n = rw_flags(u->fd, write, iov, cnt, off, RWF_NOWAIT);
+	if (n == -EOPNOTSUPP || n == -EINVAL) {
+		*bad = 1;
+		return disk_io(s, u, write, b, len, off);
+	}
+	if (n >= 0 && n < (int64_t)len && write)
+		return -EAGAIN; /* a part moved, the rest would block: the worker redoes it all */
+	return n;
+}
+
+/* Fill the slot for a worker (the buffer's first `len` bytes) and say so. */
+static uint32_t defer(struct hvr_storage *s, const struct hvr_storage_lun *u, uint32_t kind,
+		      const struct dbuf *b, uint32_t len, uint64_t off, int fua)
+{
+	struct io_slot *q = ((struct hvr_aio *)s->aio)->cur;
+
+	q->u = u;
+	q->kind = kind;
+	q->len = len;
+	q->off = off;
+	q->fua = (uint32_t)fua;
+	q->cnt = b ? iov_prefix(b, len, q->iov) : 0;
+	q->result = 0;
+	q->sync_err = 0;
+	return DEFERRED;
+}
+
+/* Whether the command being parsed may go to the pool. */
+static int can_defer(const struct hvr_storage *s)
+{
+	return s->aio && ((struct hvr_aio *)s->aio)->cur;
+}
+
 static uint32_t cmd_rw(struct hvr_storage *s, const struct hvr_storage_lun *u, int write,
 		       uint64_t lba, uint32_t count, uint8_t flags, const struct dbuf *b,
 		       struct hvr_scsi_result *r)
 {
-	uint64_t nbytes = (uint64_t)count * HVR_STORAGE_BLOCK;
+	uint64_t nbytes = (uint64_t)count * HVR_STORAGE_BLOCK, off = lba * HVR_STORAGE_BLOCK;
 	uint32_t sense;
 	int64_t n;
+	int fua = !!(flags & 0x08), sync_err = 0;
 
 	if (flags & 0xe0)
 		return INVALID_FIELD_IN_CDB;
@@ -538,23 +675,28 @@ static uint32_t cmd_rw(struct hvr_storage *s, const struct hvr_storage_lun *u, i
 		set_good(r, 0);
 		return 0;
 	}
-	n = disk_io(s, u, write, b, (uint32_t)nbytes, lba * HVR_STORAGE_BLOCK);
-	if (write) {
-		if (n < 0)
-			return n == -ENOSPC ? SPACE_ALLOCATION_FAILED : WRITE_ERROR;
-		if (flags & 0x08) {
-			s->stats.flushes++;
-			if (fdatasync(u->fd) < 0)
-				return errno == ENOSPC ? SPACE_ALLOCATION_FAILED : WRITE_ERROR;
-		}
-		s->stats.writes++;
-		s->stats.bytes_written += nbytes;
+	if (!can_defer(s)) {
+		n = disk_io(s, u, write, b, (uint32_t)nbytes, off);
+	} else if (u->flags & HVR_LUN_DIRECT) {
+		struct iovec *iov = (struct iovec *)s->iov + s->iov_cap;
+
+		/* aligned: to a worker; unaligned: through the bounce buffer, here */
+		if (direct_ok(iov, iov_prefix(b, (uint32_t)nbytes, iov), off))
+			return defer(s, u, write ? IO_WRITE : IO_READ, b, (uint32_t)nbytes, off,
+				     fua);
+		n = disk_io(s, u, write, b, (uint32_t)nbytes, off);
 	} else {
-		if (n != (int64_t)nbytes)
-			return UNRECOVERED_READ_ERROR;
-		s->stats.reads++;
-		s->stats.bytes_read += nbytes;
+		n = rw_inline(s, u, write, b, (uint32_t)nbytes, off);
+		if (n == -EAGAIN)
+			return defer(s, u, write ? IO_WRITE : IO_READ, b, (uint32_t)nbytes, off,
+				     fua);
+		s->stats.inline_io++;
 	}
+	if (write && n >= 0 && fua && fdatasync(u->fd) < 0)
+		sync_err = -errno;
+	sense = rw_done(s, write, (uint32_t)nbytes, n, write && fua, sync_err);
+	if (sense)
+		return sense;
 	set_good(r, (uint32_t)nbytes);
 	return 0;
 }
@@ -566,6 +708,8 @@ static uint32_t cmd_sync(struct hvr_storage *s, const struct hvr_storage_lun *u,
 
 	if (sense)
 		return sense;
+	if (!(u->flags & HVR_LUN_READONLY) && can_defer(s))
+		return defer(s, u, IO_SYNC, NULL, 0, 0, 0);
 	if (!(u->flags & HVR_LUN_READONLY)) {
 		s->stats.flushes++;
 		if (fdatasync(u->fd) < 0)
@@ -727,7 +871,8 @@ static uint32_t lu_execute(struct hvr_storage *s, const struct hvr_storage_lun *
 	}
 }
 
-/* The target: route to the LU, answer for missing ones. Returns 0 or -1 (invalid request). */
+/* The target: route to the LU, answer for missing ones. Returns 0, 1 (deferred to the pool: r
+ * is not set) or -1 (invalid request). */
 static int scsi_execute(struct hvr_storage *s, uint8_t path_id, uint8_t target_id, uint8_t lun,
 			const uint8_t *cdb, uint32_t cdb_len, const struct dbuf *b,
 			struct hvr_scsi_result *r)
@@ -766,6 +911,8 @@ static int scsi_execute(struct hvr_storage *s, uint8_t path_id, uint8_t target_i
 	}
 	if (sense == INVALID_REQUEST)
 		return -1;
+	if (sense == DEFERRED)
+		return 1;
 	if (sense) {
 		set_check(r, sense);
 		s->stats.check_conditions++;
@@ -891,49 +1038,66 @@ static void invalid(struct hvr_storage *s, struct vstor_packet *resp)
 	srb_result(resp, &r, 0);
 }
 
-static void execute_srb(struct hvr_storage *s, struct hvr_plane *p, const struct hvr_pkt *pkt,
-			const struct vstor_packet *req, struct vstor_packet *resp)
+/* Returns 1 when the command went to the pool (resp is then the slot's to finish). */
+static int execute_srb(struct hvr_storage *s, struct hvr_plane *p, const struct hvr_pkt *pkt,
+		       const struct vstor_packet *req, struct vstor_packet *resp,
+		       uint32_t *sense_limit)
 {
 	const struct vmscsi_request *srb = &req->vm_srb;
-	uint32_t sense_limit = min32(srb->sense_info_length, s->version < VMSTOR_PROTO_VERSION_WIN8
-					 ? PRE_WIN8_STORVSC_SENSE_BUFFER_SIZE
-					 : STORVSC_SENSE_BUFFER_SIZE);
 	struct dbuf b = {NULL, 0, 0};
 	struct hvr_scsi_result r;
+	int rc;
 
+	*sense_limit = min32(srb->sense_info_length, s->version < VMSTOR_PROTO_VERSION_WIN8
+			     ? PRE_WIN8_STORVSC_SENSE_BUFFER_SIZE : STORVSC_SENSE_BUFFER_SIZE);
 	s->stats.srbs++;
 	if (!srb->cdb_length || srb->cdb_length > STORVSC_MAX_CMD_LEN) {
 		invalid(s, resp);
-		return;
+		return 0;
 	}
 	if (pkt->type == VM_PKT_DATA_USING_GPA_DIRECT) {
 		if (guest_buffer(s, p, pkt, srb->data_transfer_length, &b)) {
 			invalid(s, resp);
-			return;
+			return 0;
 		}
 	} else if (srb->data_transfer_length) {
 		invalid(s, resp);
-		return;
+		return 0;
 	}
-	if (scsi_execute(s, srb->path_id, srb->target_id, srb->lun, srb->cdb, srb->cdb_length, &b,
-			 &r)) {
+	rc = scsi_execute(s, srb->path_id, srb->target_id, srb->lun, srb->cdb, srb->cdb_length, &b,
+			  &r);
+	if (rc < 0) {
 		invalid(s, resp);
-		return;
+		return 0;
 	}
-	srb_result(resp, &r, sense_limit);
+	if (rc > 0)
+		return 1;
+	srb_result(resp, &r, *sense_limit);
+	return 0;
 }
+
+static void submit(struct hvr_aio *a, struct io_slot *q);
 
 int hvr_storage_handler(struct hvr_plane *p, const struct hvr_pkt *pkt)
 {
 	struct hvr_storage *s = p->ctx;
+	struct hvr_aio *a = s->aio;
 	struct vstor_packet req, resp;
-	uint32_t size = hvr_storage_packet_size(s->version), need, len;
-	int rc;
+	uint32_t size = hvr_storage_packet_size(s->version), need, len, reserve = 0, sense_limit;
+	int rc, deferred = 0;
 
 	if (pkt->type == VM_PKT_COMP)
 		return HVR_OK;
+	if (a && !a->limit)
+		a = NULL; /* not attached to a ring that holds its completions: synchronous */
+	if (a) {
+		/* Every outstanding command's completion is reserved in the ring. */
+		reserve = a->outstanding;
+		if (reserve >= a->limit)
+			return HVR_PLANE_RETRY;
+	}
 	/* Room for the completion first: a request never runs twice. */
-	need = hvr_packet_total(0, size);
+	need = hvr_packet_total(0, size) * (reserve + 1);
 	rc = hvr_out_free(&p->out);
 	if (rc < 0)
 		return rc;
@@ -958,7 +1122,11 @@ int hvr_storage_handler(struct hvr_plane *p, const struct hvr_pkt *pkt)
 	} else {
 		switch (req.operation) {
 		case VSTOR_OPERATION_EXECUTE_SRB:
-			execute_srb(s, p, pkt, &req, &resp);
+			if (a)
+				a->cur = a->free;
+			deferred = execute_srb(s, p, pkt, &req, &resp, &sense_limit);
+			if (a)
+				a->cur = NULL;
 			break;
 		case VSTOR_OPERATION_RESET_LUN:
 		case VSTOR_OPERATION_RESET_BUS:
@@ -975,9 +1143,286 @@ int hvr_storage_handler(struct hvr_plane *p, const struct hvr_pkt *pkt)
 			break;
 		}
 	}
+	if (deferred) {
+		struct io_slot *q = a->free;
+
+		a->free = q->next;
+		q->trans_id = pkt->trans_id;
+		q->sense_limit = sense_limit;
+		q->resp = resp;
+		submit(a, q);
+		s->stats.async++;
+		s->stats.inflight = ++a->outstanding;
+		if (a->outstanding > s->stats.inflight_max)
+			s->stats.inflight_max = a->outstanding;
+		return HVR_OK;
+	}
 	if (resp.status != STATUS_SUCCESS)
 		s->stats.errors++;
 	return hvr_out_write_comp(&p->out, pkt->trans_id, &resp, size);
+}
+
+/* ---- the worker pool ---------------------------------------------------------------------- */
+
+static void submit(struct hvr_aio *a, struct io_slot *q)
+{
+	q->next = NULL;
+	/* The slot's fields (iovecs, offsets) are published to the worker by the unlock's release;
+	 * the worker's lock acquires them. */
+	pthread_mutex_lock(&a->mu);
+	if (a->sq_tail)
+		a->sq_tail->next = q;
+	else
+		a->sq_head = q;
+	a->sq_tail = q;
+	pthread_cond_signal(&a->work);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void run_slot(struct io_slot *q)
+{
+	int fd = q->u->fd;
+
+	if (q->kind == IO_SYNC) {
+		q->result = fdatasync(fd) < 0 ? -errno : 0;
+		return;
+	}
+	q->result = rw_all(fd, q->kind == IO_WRITE, q->iov, q->cnt, q->off);
+	if (q->kind == IO_WRITE && q->fua && q->result >= 0 && fdatasync(fd) < 0)
+		q->sync_err = -errno;
+}
+
+static void *worker_main(void *arg)
+{
+	struct hvr_aio *a = arg;
+	struct io_slot *q;
+	uint64_t one = 1;
+	int was_empty;
+
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		while (!a->stop && !a->sq_head)
+			pthread_cond_wait(&a->work, &a->mu);
+		if (!a->sq_head)
+			break; /* stop, and nothing queued (quiesce cancels before stopping) */
+		q = a->sq_head;
+		a->sq_head = q->next;
+		if (!a->sq_head)
+			a->sq_tail = NULL;
+		a->busy++;
+		pthread_mutex_unlock(&a->mu);
+		run_slot(q);
+		pthread_mutex_lock(&a->mu);
+		a->busy--;
+		was_empty = !a->done;
+		q->next = a->done;
+		a->done = q;
+		/* The hint the ring thread polls without mu: the slot (result, and the guest RAM the
+		 * kernel filled) is published by this unlock; the reaper takes mu before reading it. */
+		__atomic_add_fetch(&a->ndone, 1, __ATOMIC_RELEASE);
+		if (!a->busy && !a->sq_head)
+			pthread_cond_broadcast(&a->idle);
+		pthread_mutex_unlock(&a->mu);
+		if (was_empty)
+			(void)!write(a->wake_fd, &one, sizeof(one));
+		pthread_mutex_lock(&a->mu);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* Free a finished slot (ring thread). */
+static void release(struct hvr_storage *s, struct hvr_aio *a, struct io_slot *q)
+{
+	q->next = a->free;
+	a->free = q;
+	a->outstanding--;
+	s->stats.inflight = a->outstanding;
+}
+
+/* Build a finished slot's completion in q->resp (ring thread: the stats are its). */
+static void finish(struct hvr_storage *s, struct io_slot *q)
+{
+	struct hvr_scsi_result r;
+	uint32_t sense;
+
+	if (q->kind == IO_SYNC) {
+		s->stats.flushes++;
+		sense = q->result < 0 ? WRITE_ERROR : 0;
+	} else {
+		sense = rw_done(s, q->kind == IO_WRITE, q->len, q->result, q->fua, q->sync_err);
+	}
+	if (sense) {
+		set_check(&r, sense);
+		s->stats.check_conditions++;
+	} else {
+		set_good(&r, q->kind == IO_SYNC ? 0 : q->len);
+	}
+	srb_result(&q->resp, &r, q->sense_limit);
+}
+
+int hvr_storage_reap(struct hvr_plane *p)
+{
+	struct hvr_storage *s = p->ctx;
+	struct hvr_aio *a = s->aio;
+	struct io_slot *list, *q;
+	uint32_t size = hvr_storage_packet_size(s->version);
+	int n = 0, rc = HVR_OK;
+
+	/* Acquire pairs with the worker's release: a non-zero hint means a slot is (or is about
+	 * to be, under mu) on the done list. */
+	if (!a || !__atomic_load_n(&a->ndone, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&a->mu);
+	list = a->done;
+	a->done = NULL;
+	__atomic_store_n(&a->ndone, 0, __ATOMIC_RELAXED); /* under mu: workers add under mu */
+	pthread_mutex_unlock(&a->mu);
+	while (list) {
+		q = list;
+		list = q->next;
+		if (rc == HVR_OK) {
+			finish(s, q);
+			/* Cannot be full: the handler reserved this completion's room, and the
+			 * guest's read_index only moves forward (a view that saw otherwise is
+			 * broken and says so here). */
+			rc = hvr_out_write_comp(&p->out, q->trans_id, &q->resp, size);
+			if (rc == HVR_OK)
+				n++;
+		}
+		release(s, a, q);
+	}
+	if (rc != HVR_OK)
+		return rc == HVR_FULL ? HVR_EBROKEN : rc;
+	/* Not committed here: the plane's drain pass, which always follows, commits and signals
+	 * (hvr_out_commit's release store of write_index orders these completions - and, through
+	 * the mutex above, the data the workers moved into guest RAM - before the guest sees
+	 * them). */
+	return n;
+}
+
+/* Drop queued slots, wait until no worker runs one. Returns the slots dropped. */
+static uint32_t pool_drain(struct hvr_storage *s, struct hvr_aio *a)
+{
+	struct io_slot *q, *list;
+	uint32_t n = 0;
+
+	pthread_mutex_lock(&a->mu);
+	list = a->sq_head;
+	a->sq_head = a->sq_tail = NULL;
+	while (a->busy)
+		pthread_cond_wait(&a->idle, &a->mu);
+	pthread_mutex_unlock(&a->mu);
+	while (list) {
+		q = list;
+		list = q->next;
+		release(s, a, q);
+		n++;
+	}
+	s->stats.cancelled += n;
+	return n;
+}
+
+void hvr_storage_quiesce(struct hvr_plane *p)
+{
+	struct hvr_storage *s = p->ctx;
+	struct hvr_aio *a = s->aio;
+	struct io_slot *q;
+
+	if (!a)
+		return;
+	pool_drain(s, a);
+	/* Finished but not posted: the channel is going away, nobody reads them. */
+	pthread_mutex_lock(&a->mu);
+	while ((q = a->done)) {
+		a->done = q->next;
+		release(s, a, q);
+	}
+	__atomic_store_n(&a->ndone, 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&a->mu);
+}
+
+void hvr_storage_attach(struct hvr_plane *p, struct hvr_storage *s)
+{
+	struct hvr_aio *a = s->aio;
+	uint32_t comp = hvr_packet_total(0, hvr_storage_packet_size(s->version)), fit;
+
+	if (!a)
+		return;
+	/* All outstanding completions plus the next must fit below pending_send_sz's cap. */
+	fit = p->out.r.size > 8 ? (p->out.r.size - 8) / comp : 0;
+	a->limit = fit > 1 ? min32(a->nslots, fit - 1) : 0;
+	if (!a->limit)
+		return; /* a ring this small: requests run synchronously (a->cur stays NULL) */
+	p->reap = hvr_storage_reap;
+	p->on_stop = hvr_storage_quiesce;
+	p->wake_fd = a->wake_fd;
+}
+
+static void pool_fini(struct hvr_storage *s)
+{
+	struct hvr_aio *a = s->aio;
+	uint32_t i;
+
+	if (!a)
+		return;
+	if (a->nthreads) {
+		pool_drain(s, a);
+		pthread_mutex_lock(&a->mu);
+		a->stop = 1;
+		pthread_cond_broadcast(&a->work);
+		pthread_mutex_unlock(&a->mu);
+		for (i = 0; i < a->nthreads; i++)
+			pthread_join(a->threads[i], NULL);
+	}
+	pthread_cond_destroy(&a->idle);
+	pthread_cond_destroy(&a->work);
+	pthread_mutex_destroy(&a->mu);
+	if (a->wake_fd >= 0)
+		close(a->wake_fd);
+	free(a->slots);
+	free(a->iovs);
+	free(a);
+	s->aio = NULL;
+}
+
+/* Start the pool; -ENOMEM, or 0 (with s->aio NULL when threads are unavailable: synchronous). */
+static int pool_init(struct hvr_storage *s)
+{
+	struct hvr_aio *a = calloc(1, sizeof(*a));
+	uint32_t i;
+
+	if (!a)
+		return -ENOMEM;
+	s->aio = a;
+	a->wake_fd = -1;
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->work, NULL);
+	pthread_cond_init(&a->idle, NULL);
+	a->nslots = s->max_inflight ? s->max_inflight : HVR_STORAGE_DEFAULT_INFLIGHT;
+	a->limit = 0; /* hvr_storage_attach() sets it: until then, synchronous */
+	a->slots = calloc(a->nslots, sizeof(*a->slots));
+	a->iovs = calloc((size_t)a->nslots * s->iov_cap, sizeof(struct iovec));
+	if (!a->slots || !a->iovs)
+		return -ENOMEM;
+	for (i = 0; i < a->nslots; i++) {
+		a->slots[i].iov = a->iovs + (size_t)i * s->iov_cap;
+		a->slots[i].next = a->free;
+		a->free = &a->slots[i];
+	}
+	a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (a->wake_fd < 0)
+		goto sync;
+	for (i = 0; i < s->io_workers; i++) {
+		if (pthread_create(&a->threads[i], NULL, worker_main, a))
+			break;
+		a->nthreads++;
+	}
+	if (a->nthreads)
+		return 0;
+sync:
+	pool_fini(s);
+	return 0;
 }
 
 /* ---- set-up ------------------------------------------------------------------------------- */
@@ -990,8 +1435,11 @@ int hvr_storage_init(struct hvr_storage *s)
 	s->pfns = NULL;
 	s->bounce = NULL;
 	s->scratch = NULL;
+	s->aio = NULL;
+	s->io_mode = HVR_IO_SYNC;
 	memset(&s->stats, 0, sizeof(s->stats));
 	if (!s->regions || !s->nregions || !s->luns || !s->nluns ||
+	    s->io_workers > HVR_STORAGE_MAX_WORKERS || s->max_inflight > HVR_STORAGE_MAX_INFLIGHT ||
 	    s->nluns > HVR_STORAGE_MAX_LUNS || s->max_transfer_bytes < PAGE ||
 	    s->max_transfer_bytes % PAGE || s->max_transfer_bytes > HVR_STORAGE_MAX_TRANSFER)
 		return HVR_EINVAL;
@@ -1034,11 +1482,20 @@ int hvr_storage_init(struct hvr_storage *s)
 		s->bounce = NULL;
 		return -ENOMEM;
 	}
+	if (s->io_workers) {
+		int rc = pool_init(s);
+
+		if (rc)
+			return rc;
+		if (s->aio)
+			s->io_mode = HVR_IO_THREADS;
+	}
 	return HVR_OK;
 }
 
 void hvr_storage_fini(struct hvr_storage *s)
 {
+	pool_fini(s);
 	free(s->iov);
 	free(s->pfns);
 	free(s->bounce);

@@ -14,7 +14,20 @@
  *
  * Every request gets a VM_PKT_COMP completion with its trans_id, carrying a vstor_packet of the
  * negotiated size. Room for the completion is checked before the request is executed, so a full
- * ring never makes a request run twice.
+ * ring never makes a request run twice: with requests outstanding, room for all their
+ * completions plus this one (they are reserved, so a finished request can always be posted).
+ *
+ * I/O modes (io_mode, chosen by io_workers): HVR_IO_SYNC runs every command on the ring thread,
+ * one at a time. HVR_IO_THREADS (a pool of io_workers threads, attached to the plane with
+ * hvr_storage_attach()) keeps up to max_inflight READ/WRITE/SYNCHRONIZE CACHE commands in flight:
+ * the ring thread parses and checks a request (every PFN translated before submission), hands
+ * its iovecs to a worker, and posts the completion when the worker is done - in completion order,
+ * not request order (storvsc matches completions by trans_id). Reads and writes that the page
+ * cache can serve without blocking (preadv2/pwritev2 with RWF_NOWAIT) still run inline on the ring
+ * thread; O_DIRECT and cache misses go to the pool. Concurrently outstanding commands have no
+ * order among themselves (as in SCSI); a SYNCHRONIZE CACHE covers every write completed (and so
+ * acknowledged) before it was received. Stopping the plane cancels queued requests and waits for
+ * running ones (hvr_plane on_stop): no worker touches guest RAM after hvr_plane_stop() returns.
  *
  * Guest memory: the caller passes the RAM regions (guest-physical base, size, host address).
  * Every PFN of a GPA-direct request is translated through them and checked (a page outside RAM,
@@ -34,6 +47,15 @@
 #define HVR_STORAGE_MAX_GPA_RANGES 32u
 /* Largest max_transfer_bytes accepted (64 MiB). */
 #define HVR_STORAGE_MAX_TRANSFER (64u << 20)
+/* Request slots (outstanding asynchronous commands) per channel, and worker threads, at most. */
+#define HVR_STORAGE_MAX_INFLIGHT 256u
+#define HVR_STORAGE_MAX_WORKERS 64u
+#define HVR_STORAGE_DEFAULT_INFLIGHT 64u
+
+/* hvr_storage.io_mode */
+#define HVR_IO_SYNC 0u
+#define HVR_IO_THREADS 1u
+
 /* Logical units per channel (LUN numbers 0..254). */
 #define HVR_STORAGE_MAX_LUNS 255u
 
@@ -79,6 +101,11 @@ struct hvr_storage_stats {
 	uint64_t bytes_read;
 	uint64_t bytes_written;
 	uint64_t bounced;       /* O_DIRECT transfers that went through the bounce buffer */
+	uint64_t async;         /* commands handed to the worker pool */
+	uint64_t inline_io;     /* reads/writes served inline from the page cache (RWF_NOWAIT) */
+	uint64_t cancelled;     /* queued commands dropped when the plane stopped */
+	uint64_t inflight;      /* commands outstanding now (submitted, completion not posted) */
+	uint64_t inflight_max;  /* the most ever outstanding at once */
 };
 
 /* The outcome of one SCSI command. */
@@ -99,6 +126,9 @@ struct hvr_storage {
 	uint32_t nluns;
 	uint32_t max_transfer_bytes;   /* a multiple of 4096, <= HVR_STORAGE_MAX_TRANSFER */
 	uint32_t version;              /* the negotiated VMSTOR_PROTO_VERSION_* */
+	uint32_t io_workers;           /* 0: HVR_IO_SYNC; else pool threads (<= MAX_WORKERS) */
+	uint32_t max_inflight;         /* request slots; 0: HVR_STORAGE_DEFAULT_INFLIGHT */
+	uint32_t io_mode;              /* set by hvr_storage_init(): the mode actually running */
 	/* owned: hvr_storage_init() allocates, hvr_storage_fini() frees */
 	void *iov;                     /* struct iovec[iov_cap] */
 	uint32_t iov_cap;
@@ -106,17 +136,35 @@ struct hvr_storage {
 	uint64_t *pfns;
 	uint8_t *bounce;               /* aligned, max_transfer_bytes; only with an O_DIRECT LUN */
 	uint8_t *scratch;              /* generated data and parameter lists */
+	void *aio;                     /* the pool and its request slots (HVR_IO_THREADS) */
 	struct hvr_storage_stats stats;
 };
 
 /*
- * Check the configuration and allocate the work buffers. Returns 0, HVR_EINVAL (bad regions,
- * LUNs, sizes or version) or -ENOMEM. Call hvr_storage_fini() in every case.
+ * Check the configuration, allocate the work buffers and start the worker pool (io_workers > 0).
+ * Returns 0, HVR_EINVAL (bad regions, LUNs, sizes, version or io settings) or -ENOMEM. A pool
+ * whose threads cannot be created falls back to HVR_IO_SYNC (io_mode says which runs). Call
+ * hvr_storage_fini() in every case.
  */
 int hvr_storage_init(struct hvr_storage *s);
 
-/* Free what hvr_storage_init() allocated. Idempotent. */
+/* Cancel queued commands, wait for running ones, stop the pool, free. Idempotent. */
 void hvr_storage_fini(struct hvr_storage *s);
+
+/*
+ * Hook the storage into its plane before hvr_plane_start() (p->ctx is s): reap, on_stop and
+ * wake_fd for the pool, and the number of slots usable with this receive ring (all their
+ * completions must fit it at once). Without a pool (HVR_IO_SYNC) it changes nothing.
+ */
+void hvr_storage_attach(struct hvr_plane *p, struct hvr_storage *s);
+
+/* hvr_plane reap hook: write the completions of finished commands to the receive ring (the
+ * caller commits them: hvr_plane's drain pass does). Count or negative error. */
+int hvr_storage_reap(struct hvr_plane *p);
+
+/* hvr_plane on_stop hook: cancel queued commands and wait for running ones (their completions
+ * are not posted: the channel is going away). */
+void hvr_storage_quiesce(struct hvr_plane *p);
 
 /* The hvr_plane handler; p->ctx is the struct hvr_storage. */
 int hvr_storage_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);

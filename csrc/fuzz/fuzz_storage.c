@@ -5,8 +5,13 @@
  * RAM (two heap regions: ASan sees any byte outside them). Also runs raw CDBs on a host buffer
  * through hvr_storage_exec_cdb (the path scsi.py is compared with).
  *
+ * A third configuration byte picks the I/O mode: synchronous, or the worker pool (1-4 threads,
+ * 1-32 request slots) with completions reaped as the plane thread does; a full pool makes the
+ * harness wait for a completion (the plane's HVR_PLANE_RETRY sleep).
+ *
  * Invariants (a violation traps): the parent never breaks the guest's receive ring, answers every
- * request with exactly one completion, and only refuses packets with the documented statuses.
+ * request with exactly one completion, only refuses packets with the documented statuses, and
+ * leaves nothing outstanding once the pool is quiesced.
  *
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -DHVR_HOSTED -DHVKVM_FUZZ_PLANE -I..
  *        fuzz_storage.c ../vmbus_ring.c ../hvr_storage.c   (tests/test_fuzz.py does it).
@@ -14,6 +19,7 @@
 #define HVKVM_FUZZ_PLANE
 #include "fuzz_common.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 
 #define LUN_BLOCKS 256u
@@ -34,13 +40,35 @@ static int disk_fd(void)
 	return fd;
 }
 
+/*
+ * The plane thread's loop over one pass: reap finished I/O, then drain (which commits both).
+ * A full pool (HVR_PLANE_RETRY) waits for a worker; `all` also waits until nothing is
+ * outstanding. Returns the drain's negative error when the plane would stop, else 0.
+ */
+static int drain_pool(struct fz_guest *g, struct hvr_storage *s, int all)
+{
+	int rc;
+
+	for (;;) {
+		rc = s->aio ? hvr_storage_reap(&g->p) : 0;
+		if (rc < 0)
+			return rc;
+		rc = fz_plane_drain(g, hvr_storage_handler);
+		if (rc < 0 && rc != HVR_PLANE_RETRY)
+			return rc;
+		if (rc == 0 && !(all && s->stats.inflight))
+			return 0;
+		sched_yield(); /* the workers run */
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct fz_in fi = {data, size};
 	struct fz_guest g;
 	struct hvr_storage s;
 	struct hvr_storage_lun luns[2];
-	uint8_t cfg = fz_u8(&fi), lcfg = fz_u8(&fi);
+	uint8_t cfg = fz_u8(&fi), lcfg = fz_u8(&fi), acfg = fz_u8(&fi);
 	uint64_t requests = 0;
 	int rc, stopped = 0;
 
@@ -65,10 +93,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	s.nluns = 1 + ((cfg >> 5) & 1);
 	s.max_transfer_bytes = FZ_PAGE * (1u + (cfg & 7));
 	s.version = versions[((cfg >> 6) + 4u * ((lcfg >> 3) & 1)) % 5];
+	s.io_workers = (acfg & 1) ? 1u + ((acfg >> 1) & 3) : 0;
+	s.max_inflight = 1u + (acfg >> 3);
 	rc = hvr_storage_init(&s);
 	if (rc)
 		__builtin_trap(); /* the configuration above is always valid */
 	g.p.ctx = &s;
+	g.p.wake_fd = -1;
+	hvr_storage_attach(&g.p, &s);
 
 	for (int steps = 0; fz_left(&fi) && steps < 64 && !stopped; steps++) {
 		uint8_t op = fz_u8(&fi) % 4;
@@ -104,11 +136,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (rc == HVR_OK) {
 			requests++;
 		} else if (rc == HVR_FULL) {
-			rc = fz_plane_drain(&g, hvr_storage_handler);
+			rc = drain_pool(&g, &s, 0);
 			stopped = rc < 0;
 		}
 		if (fz_u8(&fi) & 1) {
-			rc = fz_plane_drain(&g, hvr_storage_handler);
+			rc = drain_pool(&g, &s, 0);
 			stopped = rc < 0;
 		}
 	}
@@ -116,16 +148,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		while (!stopped && hvr_in_avail(&g.p.in) > 0) {
 			uint64_t before = s.stats.requests;
 
-			rc = fz_plane_drain(&g, hvr_storage_handler);
+			rc = drain_pool(&g, &s, 0);
 			stopped = rc < 0;
 			if (s.stats.requests == before)
 				break;
 		}
+		if (!stopped)
+			stopped = drain_pool(&g, &s, 1) < 0;
 	}
 	/* each request the parent took got one completion (COMPs get none) */
 	if (g.completions > s.stats.requests)
 		__builtin_trap();
 	(void)requests;
+	/* the plane's on_stop: nothing may stay outstanding (no worker touches RAM afterwards) */
+	hvr_storage_quiesce(&g.p);
+	if (s.stats.inflight)
+		__builtin_trap();
 	hvr_storage_fini(&s);
 	fz_guest_fini(&g);
 	return 0;

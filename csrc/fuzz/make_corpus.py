@@ -113,23 +113,31 @@ def storage_seeds() -> dict[str, bytes]:
     cap16 = bytes([0x9e, 0x10] + [0] * 8 + [0, 0, 0, 32, 0, 0])
     luns = bytes([0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0])
     cfg, lcfg = 0x21, 0x00   # two LUNs, max transfer 8 KiB, WIN10, plain rings
+    sync_io, pool = 0x00, 0x1b   # third byte: synchronous; or 2 workers, 4 slots
     seeds = {
-        "read10_gpa": u8(cfg) + u8(lcfg) + storage_send_gpa(vstor_srb(read10, 4096),
-                                                            [(4096, 0, [1])]),
-        "write_straddle": u8(cfg) + u8(lcfg) + storage_send_gpa(
+        "read10_gpa": u8(cfg) + u8(lcfg) + u8(sync_io) + storage_send_gpa(
+            vstor_srb(read10, 4096), [(4096, 0, [1])]),
+        "write_straddle": u8(cfg) + u8(lcfg) + u8(sync_io) + storage_send_gpa(
             vstor_srb(write10, 4096, data_in=0), [(4096, 100, [2, 3])]),
-        "two_ranges": u8(cfg | 0x10) + u8(lcfg) + storage_send_gpa(
+        "two_ranges": u8(cfg | 0x10) + u8(lcfg) + u8(sync_io) + storage_send_gpa(
             vstor_srb(read16, 2048), [(1024, 0, [0x42]), (1024, 512, [0x43])]),
-        "inquiry_sync": u8(cfg) + u8(lcfg) + storage_send_gpa(vstor_srb(inquiry, 36),
-                                                              [(36, 8, [4])]) +
+        "inquiry_sync": u8(cfg) + u8(lcfg) + u8(sync_io) + storage_send_gpa(
+            vstor_srb(inquiry, 36), [(36, 8, [4])]) +
         storage_send_inband(vstor_srb(sync, 0, data_in=2), trans=5),
-        "cdbs": u8(cfg) + u8(lcfg | 0x01) + b"".join(
+        "cdbs": u8(cfg) + u8(lcfg | 0x01) + u8(sync_io) + b"".join(
             storage_cdb(c, 512) for c in (inquiry, vpd, mode, cap16, luns, unmap_cdb, read10)),
-        "handshake_ops": u8(cfg) + u8(lcfg) + b"".join(
+        "handshake_ops": u8(cfg) + u8(lcfg) + u8(sync_io) + b"".join(
             storage_send_inband(struct.pack("<III", op, 1, 0) + b"\0" * 52, op=2, trans=op)
             for op in (7, 9, 10, 8, 4, 5, 6, 13)),
-        "old_protocol": u8(0xe0 | 0x01) + u8(0x08) + storage_send_gpa(
+        "old_protocol": u8(0xe0 | 0x01) + u8(0x08) + u8(sync_io) + storage_send_gpa(
             vstor_srb(read10, 4096)[:48], [(4096, 0, [1])]),
+        # the worker pool: reads and writes on an O_DIRECT LUN 0 and a page-cache LUN 1, a flush
+        "pool_rw_flush": u8(cfg) + u8(lcfg | 0x02) + u8(pool) + b"".join(
+            storage_send_gpa(vstor_srb(c, 4096, data_in=d), [(4096, 0, [1 + i])], trans=10 + i,
+                             drain=int(i == 4))
+            for i, (c, d) in enumerate([(read10, 1), (write10, 0), (read16, 1), (write10, 0),
+                                        (read10, 1)])) +
+        storage_send_inband(vstor_srb(sync, 0, data_in=2), trans=20),
     }
     return seeds
 

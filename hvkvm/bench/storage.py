@@ -18,6 +18,10 @@ below; QEMU gets ``cache=none`` on it). Each file is filled with data first (no 
 read/write (QD4); each with the guest's loop in ring 3 (polling) and in ring 0 (interrupts; on
 kvm_pvm ring 0 is emulated, so those rows are emulation-bound).
 
+Subsets for focused runs (the JSON's cases say which ran):
+``HVKVM_BENCH_PATHS=storvsc-c,qemu-virtio-blk``, ``HVKVM_BENCH_WORKLOADS=randread-4k-qd32,...``
+(also under ``--quick``), ``HVKVM_BENCH_RINGS=3``.
+
 **Measures** per run: IOPS, MB/s, mean and p99 latency from the guest's JSON line (TSC-timed);
 within the timed loop (SYNC 10 to SYNC 11, read on the vCPU thread) the userspace exits (hvkvm's
 counters), KVM's ``exits`` and ``irq_injections`` (binary stats fd), the interrupts hvkvm raised
@@ -101,10 +105,23 @@ def disk_bench_knows(value: str) -> bool:
     return '"dev"' in text and f'"{value}"' in text
 
 
+def _storvsc_options() -> dict:
+    """StorvscVsp keyword overrides for tuning runs: ``HVKVM_BENCH_STORVSC="io=sync,spin_us=0"``
+    (io, io_workers, max_inflight, spin_us). The JSON's vsp_stats record what ran."""
+    out: dict = {}
+    for tok in os.environ.get("HVKVM_BENCH_STORVSC", "").split(","):
+        key, _, val = tok.strip().partition("=")
+        if key in ("io_workers", "max_inflight", "spin_us"):
+            out[key] = int(val)
+        elif key == "io":
+            out[key] = val
+    return out
+
+
 def _storvsc(plane: str):
     def build(disk) -> Built:
         from ..vsp.storvsc import StorvscVsp
-        vsp = StorvscVsp(disk, plane=plane)
+        vsp = StorvscVsp(disk, plane=plane, **_storvsc_options())
 
         def counters(p) -> dict:
             sig = 0
@@ -303,6 +320,11 @@ def run_hvkvm(path: StoragePath, file: str, direct: bool, w: Workload, ring: int
            "process_cpu_us_per_io": cpu["total"] / ios * 1e6,
            "host_cpu_us_per_io": cpu["host"] / ios * 1e6,
            "guest_cpu_us_per_io": cpu["guest"] / ios * 1e6}
+    # The VSPs' own counters for their closed channels (storvsc: the plane, io_mode, async,
+    # inline_io, inflight_max, ...): what the C plane actually did in this run.
+    closed = [st for v in built.vsps for st in getattr(v, "closed_stats", [])]
+    if closed:
+        out["vsp_stats"] = closed
     return out
 
 
@@ -355,6 +377,8 @@ def run_case(path: StoragePath, backing: Backing, file: str, w: Workload, ring: 
     row["guest"] = [r["guest"] for r in runs]
     if path.runner == "qemu":
         row["qemu_wall_s"] = [round(r["qemu_wall_s"], 3) for r in runs]
+    if any("vsp_stats" in r for r in runs):
+        row["vsp_stats"] = [r.get("vsp_stats") for r in runs]
     return row
 
 
@@ -371,11 +395,21 @@ def _length(path: StoragePath, w: Workload, ring: int, quick: bool) -> dict:
     return {"count": max(1, n // path.slow)}
 
 
+def _only(var: str) -> set[str]:
+    """A comma-separated subset from the environment (empty: everything)."""
+    return {t.strip() for t in os.environ.get(var, "").split(",") if t.strip()}
+
+
 def run(quick: bool = False, repeat: int | None = None) -> dict:
     """Every available path x backing x ring x workload."""
     repeat = repeat or 1
     size = (64 if quick else 256) * MiB
     workloads = [w for w in WORKLOADS if not quick or w.name in QUICK_WORKLOADS]
+    only_w = _only("HVKVM_BENCH_WORKLOADS")
+    if only_w:
+        workloads = [w for w in WORKLOADS if w.name in only_w]
+    only_p = _only("HVKVM_BENCH_PATHS")
+    only_r = {int(r) for r in _only("HVKVM_BENCH_RINGS")}
     from . import qemu
     paths = []
     for p in PATHS:
@@ -393,9 +427,11 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
                 make_file(f, size)
             files.append(f)
             for p in PATHS:
-                if p.unavailable():
+                if p.unavailable() or (only_p and p.name not in only_p):
                     continue
                 for ring in (3, 0):
+                    if only_r and ring not in only_r:
+                        continue
                     for w in workloads:
                         if quick and (ring == 0 or b.name != "tmpfs") and \
                                 w.name != QUICK_WORKLOADS[0]:

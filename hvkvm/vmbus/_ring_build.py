@@ -217,7 +217,7 @@ uint32_t hvr_message_mark_pending(volatile void *slot);
 CDEF_PLANE = r"""
 struct hvr_plane_stats {
     uint64_t packets; uint64_t bytes; uint64_t kicks; uint64_t sleeps; uint64_t signals;
-    uint64_t full_waits; uint64_t batches;
+    uint64_t full_waits; uint64_t batches; uint64_t retries; uint64_t reaped;
 };
 struct hvr_plane {
     struct hvr_plane_stats stats;
@@ -246,6 +246,11 @@ CDEF_STORAGE = r"""
 #define HVR_LUN_DIRECT ...
 #define HVR_MAX_UNMAP_LBA_COUNT ...
 #define HVR_MAX_UNMAP_DESCRIPTORS ...
+#define HVR_STORAGE_MAX_INFLIGHT ...
+#define HVR_STORAGE_MAX_WORKERS ...
+#define HVR_STORAGE_DEFAULT_INFLIGHT ...
+#define HVR_IO_SYNC ...
+#define HVR_IO_THREADS ...
 struct hvr_ram_region {
     uint64_t gpa;
     uint64_t size;
@@ -266,7 +271,8 @@ struct hvr_storage_lun {
 struct hvr_storage_stats {
     uint64_t requests; uint64_t srbs; uint64_t reads; uint64_t writes; uint64_t flushes;
     uint64_t unmaps; uint64_t errors; uint64_t invalid; uint64_t check_conditions;
-    uint64_t bytes_read; uint64_t bytes_written; uint64_t bounced;
+    uint64_t bytes_read; uint64_t bytes_written; uint64_t bounced; uint64_t async;
+    uint64_t inline_io; uint64_t cancelled; uint64_t inflight; uint64_t inflight_max;
 };
 struct hvr_scsi_result {
     uint8_t srb_status;
@@ -283,12 +289,16 @@ struct hvr_storage {
     uint32_t nluns;
     uint32_t max_transfer_bytes;
     uint32_t version;
+    uint32_t io_workers;
+    uint32_t max_inflight;
+    uint32_t io_mode;
     struct hvr_storage_stats stats;
     ...;
 };
 int hvr_storage_init(struct hvr_storage *s);
 void hvr_storage_fini(struct hvr_storage *s);
 int hvr_storage_handler(struct hvr_plane *p, const struct hvr_pkt *pkt);
+void hvr_storage_attach(struct hvr_plane *p, struct hvr_storage *s);
 uint32_t hvr_storage_packet_size(uint32_t version);
 int hvr_storage_exec_cdb(struct hvr_storage *s, uint8_t path_id, uint8_t target_id, uint8_t lun,
                          const uint8_t *cdb, uint32_t cdb_len, uint8_t *buf, uint32_t buf_len,

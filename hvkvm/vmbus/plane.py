@@ -86,7 +86,7 @@ class CDataPlane:
         """The plane's counters."""
         s = self._p.stats
         return {k: getattr(s, k) for k in ("packets", "bytes", "kicks", "sleeps", "signals",
-                                           "full_waits", "batches")}
+                                           "full_waits", "batches", "retries", "reaped")}
 
     @property
     def error(self) -> int:

@@ -14,7 +14,11 @@ disks are LUNs 0, 1, ... of path 0, target 0. Per opened channel:
    a C data-plane thread (``csrc/hvr_plane.c`` with the handler ``csrc/hvr_storage.c``) that
    executes SRBs with preadv/pwritev straight between the image and guest RAM and never enters
    Python; ``plane="python"`` keeps serving from the Python thread (:mod:`.scsi`), the oracle
-   the C plane is tested against.
+   the C plane is tested against. The C plane's ``io``: ``"threads"`` (default) keeps up to
+   ``max_inflight`` reads, writes and flushes in flight on ``io_workers`` threads (page-cache
+   hits still served inline on the ring thread, completions posted as they finish, matched by
+   trans_id); ``"sync"`` runs them one at a time on the ring thread. The channel's stats say
+   which runs (``io_mode``).
 
 EXECUTE_SRB: an in-band packet for commands without data, a GPA-direct packet (Linux's
 ``vmbus_packet_mpb_array``) for commands with data. The PFNs are checked against guest RAM and the
@@ -49,6 +53,10 @@ DEFAULT_MAX_TRANSFER = 1 << 20
 MAX_GPA_RANGES = 32
 #: Packets handled between ring commits.
 BATCH = 32
+#: The C plane's I/O worker threads and outstanding requests per channel (io="threads").
+DEFAULT_IO_WORKERS = 16
+DEFAULT_MAX_INFLIGHT = 64
+IO_MODES = ("threads", "sync")
 
 
 def max_pfns(max_transfer_bytes: int) -> int:
@@ -354,6 +362,7 @@ class _Channel:
             out.update({f"plane_{k}": v for k, v in self.plane.stats.items()})
             if self.plane.error:
                 out["broken"] = f"C plane stopped ({self.plane.error})"
+            out["io_mode"] = self.storage.io_mode
             for k, v in self.storage.stats.items():
                 out[k] = out.get(k, 0) + v      # handshake (Python) + data path (C)
         return out
@@ -367,8 +376,10 @@ class _Channel:
             self._thread.join()
         with self._lock:
             if self.plane is not None:
-                self.final_stats = self.stats()
+                # Stopping the plane cancels queued I/O and waits for running I/O: the
+                # counters are final after it (inflight 0, cancelled).
                 self.plane.close()
+                self.final_stats = self.stats()
                 self.storage.close()
         os.close(self._stop_fd)
 
@@ -414,6 +425,8 @@ class CStorage:
         s.nluns = len(units)
         s.max_transfer_bytes = vsp.max_transfer_bytes
         s.version = version
+        s.io_workers = vsp.io_workers if vsp.io == "threads" else 0
+        s.max_inflight = vsp.max_inflight
         rc = lib.hvr_storage_init(s)
         if rc != 0:
             lib.hvr_storage_fini(s)
@@ -424,12 +437,20 @@ class CStorage:
         """The channel's C plane with the storage handler (not started)."""
         from ..vmbus import plane as cplane
         cplane.HANDLERS.setdefault("storage", "hvr_storage_handler")
-        return cplane.CDataPlane(oc.server.partition, oc, "storage", spin_us,
-                                 ctx=self._ffi.cast("void *", self._s))
+        plane = cplane.CDataPlane(oc.server.partition, oc, "storage", spin_us,
+                                  ctx=self._ffi.cast("void *", self._s))
+        # The pool's hooks, and its slots bounded by what this receive ring can hold.
+        self._lib.hvr_storage_attach(plane._p, self._s)
+        return plane
+
+    @property
+    def io_mode(self) -> str:
+        """The I/O mode running: "threads" or "sync" (no pool: not asked for, or no threads)."""
+        return "threads" if self._s.io_mode == self._lib.HVR_IO_THREADS else "sync"
 
     @property
     def stats(self) -> dict[str, int]:
-        """The handler's counters (requests, srbs, reads, writes, flushes, ...)."""
+        """The handler's counters (requests, srbs, reads, writes, flushes, async, ...)."""
         st = self._s.stats
         return {k: getattr(st, k)
                 for k, _ in self._ffi.typeof("struct hvr_storage_stats").fields}
@@ -459,7 +480,9 @@ class StorvscVsp(Vsp):
     """A synthetic SCSI controller serving ``disks`` (a :class:`~hvkvm.vsp.disk.Disk` or a list:
     LUN i is disks[i]). The VSP does not own the disks: close them after the partition.
 
-    ``plane``: "c" (default; the C data plane after the handshake) or "python".
+    ``plane``: "c" (default; the C data plane after the handshake) or "python". ``io`` (C plane):
+    "threads" (default: up to ``max_inflight`` requests in flight on ``io_workers`` threads) or
+    "sync" (one at a time on the plane thread).
     """
 
     class_id = w.HV_SCSI_GUID
@@ -467,9 +490,15 @@ class StorvscVsp(Vsp):
     python_signals = False      # each channel has its own thread (and then, maybe, a C plane)
 
     def __init__(self, disks, plane: str = "c", instance_id: uuid.UUID | None = None,
-                 max_transfer_bytes: int = DEFAULT_MAX_TRANSFER, spin_us: int = 50):
+                 max_transfer_bytes: int = DEFAULT_MAX_TRANSFER, spin_us: int = 50,
+                 io: str = "threads", io_workers: int = DEFAULT_IO_WORKERS,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT):
         if plane not in ("c", "python"):
             raise ValueError(f"storvsc plane must be c or python, not {plane!r}")
+        if io not in IO_MODES:
+            raise ValueError(f"storvsc io must be threads or sync, not {io!r}")
+        if not 1 <= io_workers <= 64 or not 1 <= max_inflight <= 256:
+            raise ValueError("storvsc io_workers must be 1..64 and max_inflight 1..256")
         disks = list(disks) if isinstance(disks, (list, tuple)) else [disks]
         if not 1 <= len(disks) <= sw.STORVSC_MAX_LUNS_PER_TARGET:
             raise ValueError(f"a storvsc controller takes 1 to "
@@ -482,6 +511,9 @@ class StorvscVsp(Vsp):
         self.instance_id = instance_id or uuid.uuid4()
         self.max_transfer_bytes = max_transfer_bytes
         self.spin_us = spin_us
+        self.io = io
+        self.io_workers = io_workers
+        self.max_inflight = max_inflight
         self.target = scsi.ScsiTarget([scsi.LogicalUnit(d, i, max_transfer_bytes)
                                        for i, d in enumerate(disks)])
         self.channels: dict[int, _Channel] = {}
