@@ -198,3 +198,44 @@ def test_security_md_names_every_attack_and_hostile_test():
     missing = [a for a in attacks if f"`{a}`" not in doc]
     missing += [t for t in tests if f"`{t}`" not in doc]
     assert not missing, f"SECURITY.md does not name: {missing}"
+
+
+@pytest.mark.parametrize("which", ["receive", "send"])
+def test_netvsc_buffers_over_linux_maximum_are_refused(which):
+    """A receive buffer over 31 MiB or a send buffer over 15 MiB (more than Linux's hv_netvsc
+    ever offers) is refused with NVSP_STAT_FAIL and an error saying why; the GPADL is not held
+    (its teardown completes at once); a buffer of the maximum size is taken."""
+    from fakenetvsc import RECV_GPA, gpadl, open_netvsc
+    from storvsc_guest import PlanePartition
+
+    from hvkvm.vmbus import wire as w
+    from hvkvm.vsp import netvsc as nv
+    from hvkvm.vsp import netvsc_wire as nw
+    part = PlanePartition(64 << 20)
+    vsp = nv.NetvscVsp(None, plane="python")
+    server, (g,) = open_netvsc(part, [vsp])
+    try:
+        g.init(nw.NVSP_PROTOCOL_VERSION_61)
+        limit = nv.MAX_RECV_BUFFER if which == "receive" else nv.MAX_SEND_BUFFER
+        send = g.send_recv_buf if which == "receive" else g.send_send_buf
+        status = (lambda r: r.msg.v1_msg.send_recv_buf_complete.status) if which == "receive" \
+            else (lambda r: r.msg.v1_msg.send_send_buf_complete.status)
+        big = gpadl(g.guest, g.relid, RECV_GPA, limit // PAGE + 1)
+        assert status(send(big)) == nw.NVSP_STAT_FAIL
+        assert any(f"{which} buffer of {limit + PAGE} bytes refused (at most {limit})" in e
+                   for e in server.errors), list(server.errors)
+        cs = server.channels
+        assert cs.channels[g.relid].gpadls[big].users == 0      # not held
+        td = w.vmbus_channel_gpadl_teardown()
+        td.header.msgtype = w.CHANNELMSG_GPADL_TEARDOWN
+        td.child_relid, td.gpadl = g.relid, big
+        g.guest.post(bytes(td))
+        assert any(int.from_bytes(m[:4], "little") == w.CHANNELMSG_GPADL_TORNDOWN
+                   for m in g.guest.receive_all())
+        ok = gpadl(g.guest, g.relid, RECV_GPA, limit // PAGE)
+        assert status(send(ok)) == nw.NVSP_STAT_SUCCESS
+        assert cs.channels[g.relid].gpadls[ok].users == 1       # held while in use
+    finally:
+        server.close()
+        g.ch.close()
+        part.close()

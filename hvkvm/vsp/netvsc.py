@@ -65,6 +65,11 @@ RX_HEADER = 44
 MAX_MSG = 64 * 1024 + 4096
 MAX_RANGES = 64
 MAX_CONTROL = 8
+#: Largest receive and send buffers a guest may share (Linux's NETVSC_RECEIVE_BUFFER_SIZE and
+#: NETVSC_SEND_BUFFER_SIZE, the most its hv_netvsc ever offers): a bigger one is refused, which
+#: bounds the section tables the parent keeps per channel.
+MAX_RECV_BUFFER = nw.NETVSC_RECEIVE_BUFFER_SIZE
+MAX_SEND_BUFFER = nw.NETVSC_SEND_BUFFER_SIZE
 NO_SECTION = 0xFFFFFFFF
 #: OID_GEN_LINK_SPEED: 10 Gbit/s in 100 bit/s units.
 DEFAULT_LINK_SPEED = 100_000_000
@@ -1256,7 +1261,7 @@ class _Channel:
                 # the largest frame + 1 (a longer one the TAP truncates shows as too long)
                 size = max(nw.NETVSC_RECV_SECTION_SIZE, (RX_HEADER + self.vsp.mtu + 19 + 7) & ~7)
                 count = buf.size // size
-                if count < 2:
+                if count < 2 or self._too_big(buf, "receive", MAX_RECV_BUFFER):
                     self._drop(buf, "recv")
                 else:
                     self.recv, self.recv_id, self.recv_section_size = buf, req.id, size
@@ -1275,6 +1280,9 @@ class _Channel:
             req = msg.msg.v1_msg.send_send_buf
             buf = self._map(req.gpadl_handle, "send") if self.nvsp_version is not None and \
                 self.send is None else None
+            if buf is not None and self._too_big(buf, "send", MAX_SEND_BUFFER):
+                self._drop(buf, "send")
+                buf = None
             if buf is not None:
                 size = min(nw.NETVSC_SEND_SECTION_SIZE, buf.size)
                 self.send, self.send_section_size = buf, size
@@ -1354,6 +1362,15 @@ class _Channel:
                         handle, e)
             self._let_go(role)
             return None
+
+    def _too_big(self, buf: GuestBuffer, what: str, limit: int) -> bool:
+        """A buffer over the limit is refused, with an error saying so."""
+        if buf.size <= limit:
+            return False
+        self.oc.server.channels._error(
+            "netvsc-buffer-size", f"netvsc relid {self.oc.relid}: {what} buffer of {buf.size} "
+                                  f"bytes refused (at most {limit})")
+        return True
 
     def _drop(self, buf: GuestBuffer, role: str) -> None:
         """Unmap a buffer never put to use and let go of its GPADL."""
