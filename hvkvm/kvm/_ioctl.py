@@ -26,6 +26,12 @@ _libc_ioctl = _libc.ioctl
 _libc_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _libc_ioctl.restype = ctypes.c_int
 
+#: The same libc ioctl as a separate function object without argtypes: for the exit loop's
+#: ``KVM_RUN`` (three small Python ints, no conversion step: ~0.4 us less per call here). A
+#: request number above 2**31 would not survive the default int conversion; KVM_RUN is 0xae80.
+run_ioctl = ctypes.CDLL(None, use_errno=True).ioctl
+run_ioctl.restype = ctypes.c_int
+
 _get_errno = ctypes.get_errno
 _byref = ctypes.byref
 _CData = ctypes.Structure.__mro__[-2]  # _ctypes._CData: base of every ctypes instance

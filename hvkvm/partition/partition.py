@@ -27,13 +27,13 @@ from ..boot import cpu as bootcpu
 from ..boot.elf import ElfImage, Symbols, load_elf, place_image
 from ..boot.pvh import write_start_info
 from ..kvm import abi
+from ..kvm._ioctl import run_ioctl as _run_ioctl
 from ..kvm.errors import KvmError
 from ..kvm.system import Kvm
 from ..memory import GuestMemory, GuestMemoryError
 from .bus import Bus, BusError
 from .config import PartitionConfig
 from .result import RunResult
-from ..hv.synic import HYPERCALL_PORT, SIGNAL_EVENT_PORT
 from .ucall import (UCALL_ASSERT, UCALL_DONE, UCALL_FAULT, UCALL_LOG, UCALL_PORT, UCALL_SYNC,
                     EXCEPTION_NAMES, UcallError, read_ucall)
 
@@ -59,6 +59,87 @@ CR0_PE = 1
 #: memory must not grow with it (on_log / on_sync still see every one).
 MAX_KEPT_LOGS = 10000
 MAX_KEPT_SYNCS = 10000
+
+
+EINTR, EAGAIN = 4, 11
+
+#: kvm_run.io: direction, size, port, count, data_offset.
+_IO_EXIT = struct.Struct("<BBHIQ")
+#: kvm_run.mmio: phys_addr, (data[8] skipped), len, is_write.
+_MMIO_EXIT = struct.Struct("<Q8xIB")
+
+
+def exit_short_name(reason: int) -> str:
+    """The counter name of an exit reason: ``io`` for KVM_EXIT_IO, ``exit-N`` for an unknown one."""
+    name = abi.EXIT_REASON_NAMES.get(reason)
+    return name[len("KVM_EXIT_"):].lower() if name else f"exit-{reason}"
+
+
+class _RunLayout:
+    """Byte offsets into the kvm_run page of the fields the exit loop reads on every exit."""
+
+    def __init__(self, run):
+        base = ctypes.addressof(run)
+        sregs = run.s.regs.sregs
+        self.exit_reason = type(run).exit_reason.offset
+        self.dirty = type(run).kvm_dirty_regs.offset
+        self.cr0 = ctypes.addressof(sregs) - base + type(sregs).cr0.offset
+        self.cs_selector = ctypes.addressof(sregs.cs) - base + type(sregs.cs).selector.offset
+        self.io = ctypes.addressof(run.io) - base
+        self.mmio = ctypes.addressof(run.mmio) - base
+        self.mmio_data = self.mmio + type(run.mmio).data.offset
+        assert self.exit_reason % 4 == 0 and self.dirty % 8 == 0 and self.cr0 % 8 == 0 \
+            and self.cs_selector % 2 == 0
+
+
+_layout: _RunLayout | None = None
+
+
+def _run_layout(run) -> _RunLayout:
+    global _layout
+    if _layout is None:
+        _layout = _RunLayout(run)
+    return _layout
+
+
+class _BusCache:
+    """One vCPU thread's memo of a bus's lookups: address -> (read, write, base, end).
+
+    Valid for one published table of the bus (``Bus._table`` is replaced whole on every insert
+    or remove, so an identity check notices any change). Only hits are kept, and at most
+    :data:`_BUS_CACHE_MAX` of them (a guest scanning the MMIO space must not grow it); a miss or
+    a straddling access returns None and goes through the bus, which counts and logs it.
+    """
+
+    __slots__ = ("bus", "table", "hits")
+
+    def __init__(self, bus: Bus):
+        self.bus = bus
+        self.table = None
+        self.hits: dict[int, tuple] = {}
+
+    def get(self, addr: int, n: int):
+        """The cached ``(read, write, base, end)`` of the device answering ``n`` bytes at
+        ``addr``, or None (unmapped or straddling: the caller goes through the bus)."""
+        table = self.bus._table
+        if table is not self.table:
+            self.table = table
+            self.hits = {}
+        e = self.hits.get(addr)
+        if e is None:
+            ent = self.bus._lookup(addr, n)
+            if ent is None:
+                return None
+            if len(self.hits) >= _BUS_CACHE_MAX:
+                self.hits.clear()
+            dev = ent.device
+            e = self.hits[addr] = (dev.read, dev.write, ent.base, ent.end)
+        if addr + n - 1 > e[3]:
+            return None
+        return e
+
+
+_BUS_CACHE_MAX = 1024
 
 
 def _noop_handler(signum, frame) -> None:
@@ -101,7 +182,10 @@ class VcpuThread:
         self.index = vcpu.index
         self.exits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self.thread: threading.Thread | None = None
-        self.last_exit = time.monotonic()
+        #: time.monotonic_ns() when KVM_RUN last returned (the stall probe reads it).
+        self.last_exit_ns = time.monotonic_ns()
+        #: exit reason -> its ``[ring 0, ring 3]`` list in :attr:`exits` (the hot path's index).
+        self._counters: dict[int, list[int]] = {}
         self.stop_requested = False
         self.probe_requested = False
         #: "running", "halted" (HLT with IF=0), "wait-sipi", "done"
@@ -112,7 +196,6 @@ class VcpuThread:
         #: Host service time per exit (KVM_RUN return to the next entry), log2 buckets in ns:
         #: slot k counts times in [2**(k-1), 2**k) ns (see :mod:`hvkvm.partition.metrics`).
         self.service_hist = [0] * 64
-        self._service_armed = False
 
     # -- kicking --------------------------------------------------------------------------------
 
@@ -189,31 +272,7 @@ class VcpuThread:
         run.kvm_valid_regs = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
         try:
             _current.thread = self
-            while not self.stop_requested:
-                if p._pause_requested:
-                    self._hold()
-                    if self.stop_requested:
-                        break
-                # One clock read per exit: ``last_exit`` was taken when KVM_RUN returned (and is
-                # reset after a pause, so held time is not service time).
-                t_entry = time.monotonic()
-                if self._service_armed:
-                    self.service_hist[int((t_entry - self.last_exit) * 1e9).bit_length()] += 1
-                self._service_armed = True
-                reason = self.vcpu.run()
-                # KVM consumed any registers marked dirty on entry; handlers mark them anew.
-                run.kvm_dirty_regs = 0
-                self.last_exit = time.monotonic()
-                if reason == abi.KVM_EXIT_INTR:
-                    run.immediate_exit = 0
-                    self._count("intr", run)
-                    if self.stop_requested:
-                        break
-                    if self.probe_requested:
-                        self._probe(run)
-                    continue
-                self.state = "running"
-                self._handle(reason, run)
+            self._loop(p, run)
         except _Stop:
             pass
         except (UcallError, GuestMemoryError, BusError) as e:
@@ -229,6 +288,138 @@ class VcpuThread:
             if self.state == "running":
                 self.state = "stopped"
 
+    def _counter(self, reason: int) -> list[int]:
+        """The ``[ring 0, ring 3]`` counter of an exit reason (created on its first exit)."""
+        c = self._counters.get(reason)
+        if c is None:
+            c = self._counters[reason] = self.exits[exit_short_name(reason)]
+        return c
+
+    def _loop(self, p: "ChildPartition", run) -> None:
+        """KVM_RUN until stopped. Every name the hot path touches is a local, ``kvm_run``'s fields
+        are read from flat views of its page (no nested ctypes objects per exit), PIO and MMIO to
+        a device go through a per-address cache of the bus's last table, and everything rarer
+        goes through :meth:`_service`."""
+        vcpu = self.vcpu
+        fd = vcpu.fd
+        mm = vcpu._mm
+        size_limit = vcpu.mmap_size
+        lay = _run_layout(run)
+        m64 = memoryview(mm).cast("Q")
+        m32 = memoryview(mm).cast("I")
+        m16 = memoryview(mm).cast("H")
+        mv = memoryview(mm)
+        reason_i, dirty_i, cr0_i, cs_i = lay.exit_reason // 4, lay.dirty // 8, lay.cr0 // 8, \
+            lay.cs_selector // 2
+        io_off, mmio_off, mmio_data = lay.io, lay.mmio, lay.mmio_data
+        io_unpack = _IO_EXIT.unpack_from
+        mmio_unpack = _MMIO_EXIT.unpack_from
+        # Reads fill a view of kvm_run in place; these views are made once, not per exit.
+        mmio_views = [mv[mmio_data:mmio_data + n] for n in range(9)]
+        io_views: dict[int, memoryview] = {}
+        counters = self._counters
+        count_for = self._counter
+        hist = self.service_hist
+        clock = time.monotonic_ns
+        get_errno = ctypes.get_errno
+        KVM_RUN = abi.KVM_RUN
+        assert 0 < KVM_RUN < 1 << 31
+        EXIT_IO, EXIT_MMIO, EXIT_INTR = abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO, abi.KVM_EXIT_INTR
+        IO_OUT = abi.KVM_EXIT_IO_OUT
+        pio_bus, mmio_bus = p.pio_bus, p.mmio_bus
+        pio_cache = _BusCache(pio_bus)
+        mmio_cache = _BusCache(mmio_bus)
+        pio_get, mmio_get = pio_cache.get, mmio_cache.get
+        hv = p.hv
+        if hv is not None:
+            from ..hv.synic import HYPERCALL_PORT, SIGNAL_EVENT_PORT
+            hv_ports = (HYPERCALL_PORT, SIGNAL_EVENT_PORT)
+        else:
+            hv_ports = ()
+        ucall = self._ucall
+        armed = False
+        last = self.last_exit_ns
+        while not self.stop_requested:
+            if p._pause_requested:
+                self._hold()
+                if self.stop_requested:
+                    break
+                last = self.last_exit_ns
+            # Host service time: from KVM_RUN's return (``last``) to this entry.
+            t = clock()
+            if armed:
+                hist[(t - last).bit_length()] += 1
+            armed = True
+            if _run_ioctl(fd, KVM_RUN, 0) == -1:
+                err = get_errno()
+                if err != EINTR and err != EAGAIN:
+                    raise KvmError("KVM_RUN", err)
+                reason = EXIT_INTR
+            else:
+                reason = m32[reason_i]
+            last = clock()
+            self.last_exit_ns = last
+            # KVM consumed any registers marked dirty on entry; handlers mark them anew.
+            m64[dirty_i] = 0
+            c = counters.get(reason)
+            if c is None:
+                c = count_for(reason)
+            # The ring from the synced CR0.PE and CS.RPL: two reads of the page.
+            c[1 if m64[cr0_i] & 1 and m16[cs_i] & 3 == 3 else 0] += 1
+            if reason == EXIT_IO:
+                self.state = "running"
+                direction, size, port, count, off = io_unpack(mm, io_off)
+                n = size * count
+                if off + n > size_limit or (size != 1 and size != 2 and size != 4):
+                    raise KvmError("KVM_RUN", 5)  # EIO: the kernel handed us an impossible exit
+                if count != 1 or port in hv_ports:
+                    self._io(run)
+                elif direction == IO_OUT:
+                    if port == UCALL_PORT and size == 4:
+                        ucall(int.from_bytes(mm[off:off + 4], "little"), run)
+                    else:
+                        e = pio_get(port, n)
+                        if e is None:
+                            pio_bus.write(port, mm[off:off + n])
+                        else:
+                            e[1](port - e[2], mm[off:off + n])
+                else:
+                    key = off << 3 | n
+                    view = io_views.get(key)
+                    if view is None:
+                        view = io_views[key] = mv[off:off + n]
+                    e = pio_get(port, n)
+                    if e is None:
+                        pio_bus.read(port, view)
+                    else:
+                        e[0](port - e[2], view)
+            elif reason == EXIT_MMIO:
+                self.state = "running"
+                addr, length, is_write = mmio_unpack(mm, mmio_off)
+                if length > 8:
+                    length = 8
+                e = mmio_get(addr, length) if length else None
+                if is_write:
+                    data = mm[mmio_data:mmio_data + length]
+                    if e is None:
+                        mmio_bus.write(addr, data)
+                    else:
+                        e[1](addr - e[2], data)
+                elif e is None:
+                    mmio_bus.read(addr, mmio_views[length])
+                else:
+                    e[0](addr - e[2], mmio_views[length])
+            elif reason == EXIT_INTR:
+                run.immediate_exit = 0
+                if self.stop_requested:
+                    break
+                if self.probe_requested:
+                    self._probe(run)
+                continue
+            else:
+                self.state = "running"
+                self._service(reason, run)
+
     def _hold(self) -> None:
         """Wait outside KVM_RUN, between exits (a safe point), until resumed or stopped."""
         p = self.partition
@@ -238,11 +429,11 @@ class VcpuThread:
             while p._pause_requested and not self.stop_requested:
                 p._pause_cv.wait(0.1)
             self.held = False
-        # The stall probe must not count the time spent paused.
-        self.last_exit = time.monotonic()
+        # The stall probe (and the service-time histogram) must not count the time spent paused.
+        self.last_exit_ns = time.monotonic_ns()
 
-    def _count(self, name: str, run) -> None:
-        self.exits[name][1 if self._ring(run) == 3 else 0] += 1
+    def _count(self, reason: int, run) -> None:
+        self._counter(reason)[1 if self._ring(run) == 3 else 0] += 1
 
     def _probe(self, run) -> None:
         self.probe_requested = False
@@ -256,10 +447,17 @@ class VcpuThread:
         self.partition._probe_done.set()
 
     def _handle(self, reason: int, run) -> None:
+        """Count and service one exit that is pending in ``kvm_run`` (the general path; the
+        loop inlines the hot cases). For code that ran KVM_RUN itself (the benchmarks' runners)."""
+        self.state = "running"
+        self._count(reason, run)
+        if reason == abi.KVM_EXIT_INTR:
+            run.immediate_exit = 0
+            return
+        self._service(reason, run)
+
+    def _service(self, reason: int, run) -> None:
         p = self.partition
-        name = abi.EXIT_REASON_NAMES.get(reason, f"exit-{reason}")
-        short = name[len("KVM_EXIT_"):].lower() if name.startswith("KVM_EXIT_") else name
-        self._count(short, run)
         if reason == abi.KVM_EXIT_IO:
             self._io(run)
         elif reason == abi.KVM_EXIT_MMIO:
@@ -308,7 +506,7 @@ class VcpuThread:
         elif reason in (abi.KVM_EXIT_IRQ_WINDOW_OPEN, abi.KVM_EXIT_UNKNOWN):
             pass
         else:
-            self._crash(f"unhandled exit {name}", run)
+            self._crash(f"unhandled exit {abi.exit_reason_name(reason)}", run)
 
     def _msr(self, reason: int, run) -> None:
         hv = self.partition.hv
@@ -348,6 +546,8 @@ class VcpuThread:
         try:
             is_write = io.direction == abi.KVM_EXIT_IO_OUT
             hv = p.hv
+            if hv is not None:
+                from ..hv.synic import HYPERCALL_PORT, SIGNAL_EVENT_PORT
             if port == UCALL_PORT and is_write and size == 4 and count == 1:
                 self._ucall(struct.unpack("<I", view)[0], run)
             elif hv is not None and port == HYPERCALL_PORT and is_write and count == 1:
@@ -650,12 +850,14 @@ class ChildPartition:
         """
         if self.hv is None:
             raise RuntimeError("partition has no Hyper-V interface (PartitionConfig.hyperv)")
+        from ..hv.synic import SIGNAL_EVENT_PORT
         self.vm.ioeventfd(eventfd, SIGNAL_EVENT_PORT, 4, datamatch=connection_id,
                           flags=abi.KVM_IOEVENTFD_FLAG_PIO | abi.KVM_IOEVENTFD_FLAG_DATAMATCH)
         self.hv.register_event(connection_id, eventfd)
 
     def unregister_signal(self, connection_id: int, eventfd: int) -> None:
         """Undo :meth:`register_signal`."""
+        from ..hv.synic import SIGNAL_EVENT_PORT
         self.hv.unregister_event(connection_id)
         self.vm.ioeventfd(eventfd, SIGNAL_EVENT_PORT, 4, datamatch=connection_id,
                           flags=abi.KVM_IOEVENTFD_FLAG_PIO | abi.KVM_IOEVENTFD_FLAG_DATAMATCH |
@@ -874,7 +1076,7 @@ class ChildPartition:
 
     def _probe_stalled(self, now: float, probe: float) -> None:
         stalled = [t for t in self._threads
-                   if t.thread.is_alive() and now - t.last_exit > probe and not t.probe_requested]
+                   if t.thread.is_alive() and now - t.last_exit_ns / 1e9 > probe and not t.probe_requested]
         for t in stalled:
             t.probe_requested = True
             t.kick()
