@@ -132,3 +132,60 @@ def test_overlong_cmdline_is_refused(memory):
     with pytest.raises(CmdlineTooLong):
         write_start_info(memory, "x" * 5000)
     assert memory.read(CMDLINE_GPA, 1) == b"\0"
+
+
+def _hostile(tmp_path, patch):
+    """A good image with ``patch(bytearray)`` applied: the loader must refuse it in one line."""
+    img = bytearray(make_elf([(0x100000, CODE, 0x1000, PF_R | PF_X)], 0x100000,
+                             pvh_entry=0x100004))
+    patch(img)
+    with pytest.raises(BadImage) as e:
+        load_elf(write(tmp_path, bytes(img)))
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(tmp_path))
+    return str(e.value)
+
+
+def test_rejects_header_tables_and_notes_that_point_past_the_file(tmp_path):
+    # program header table offset (e_phoff at 32) past the end
+    assert "program header table" in _hostile(tmp_path, lambda b: struct.pack_into("<Q", b, 32,
+                                                                                  1 << 40))
+    # 60000 program headers (e_phnum at 56)
+    assert "program header table" in _hostile(tmp_path, lambda b: struct.pack_into("<H", b, 56,
+                                                                                  60000))
+    # program header entries smaller than a program header (e_phentsize at 54)
+    assert "entries of 8 bytes" in _hostile(tmp_path, lambda b: struct.pack_into("<H", b, 54, 8))
+    # the PVH note's namesz (first word of the note, in the second phdr's p_offset) is huge
+    def huge_note(b):
+        note_off = struct.unpack_from("<Q", b, 64 + 56 + 8)[0]
+        struct.pack_into("<I", b, note_off, 0xFFFF_FFF0)
+    assert "note" in _hostile(tmp_path, huge_note)
+    # a section header table (e_shoff at 40, e_shnum at 60) past the end
+    def sections(b):
+        struct.pack_into("<Q", b, 40, len(b) + 64)
+        struct.pack_into("<H", b, 60, 3)
+    assert "section header table" in _hostile(tmp_path, sections)
+
+
+@pytest.mark.parametrize("name", ["hello", "exits"])
+def test_own_reader_agrees_with_pyelftools_on_built_in_images(name):
+    from elftools.elf.constants import P_FLAGS
+    from elftools.elf.elffile import ELFFile
+    from hvkvm.images import image_path
+    path = image_path(name)
+    img = load_elf(path)
+    with open(path, "rb") as f:
+        ref = ELFFile(f)
+        segs = sorted((s["p_paddr"], s["p_memsz"], s["p_filesz"], bool(s["p_flags"] & P_FLAGS.PF_X))
+                      for s in ref.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_memsz"])
+        assert [(s.gpa, s.memsz, len(s.data), s.executable) for s in img.segments] == segs
+        assert img.entry == ref.header["e_entry"]
+        notes = [n for seg in ref.iter_segments() if seg["p_type"] == "PT_NOTE"
+                 for n in seg.iter_notes() if n["n_name"] == "Xen" and n["n_type"] == 18]
+        desc = notes[0]["n_desc"]
+        raw = desc if isinstance(desc, bytes) else bytes.fromhex(desc)
+        assert img.pvh_entry == int.from_bytes(raw[:8], "little")
+        syms = sorted((s["st_value"], s["st_size"], s.name)
+                      for s in ref.get_section_by_name(".symtab").iter_symbols()
+                      if s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE")
+                      and s.name and s["st_shndx"] != "SHN_UNDEF" and s["st_value"])
+        assert img.symbols.entries == syms and len(syms) > 10
