@@ -196,6 +196,8 @@ def _disk_bus(spec: str) -> tuple[str, str]:
 def _open_disks(specs: list[str], buses: list | None = None) -> list:
     """Open every ``--disk FILE[,ro][,direct][,bus=B]``; UsageError (one line) on the first bad
     one. ``buses``, when given, receives each disk's bus."""
+    if not specs:
+        return []  # the VSP modules are imported only when a disk asks for one
     from .vsp.disk import Disk, DiskError, parse_disk_spec
     disks = []
     try:
@@ -214,6 +216,8 @@ def _open_disks(specs: list[str], buses: list | None = None) -> list:
 
 def _bus_devices(disks: list, buses: list[str]) -> tuple[list, list[str]]:
     """PartitionConfig devices and guest command-line keys of the disks not on the VMBus."""
+    if all(bus == "vmbus" for bus in buses):
+        return [], []
     from .vsp import ata, mmioblk, virtio_blk
     devices, keys, kinds = [], [], set()
     n_virtio = 0
@@ -240,6 +244,8 @@ def _bus_devices(disks: list, buses: list[str]) -> tuple[list, list[str]]:
 def _open_taps(specs: list[str]) -> list:
     """Open (or create) the TAP device of every ``--net``; UsageError (one line) on the first
     bad one. Returns [(NetSpec, TapDevice)]."""
+    if not specs:
+        return []
     from .vsp.netvsc import NetError, TapDevice, parse_net_spec
     taps = []
     try:
@@ -255,6 +261,8 @@ def _open_taps(specs: list[str]) -> list:
 
 def _net_vsps(taps: list, plane: str) -> list:
     """One netvsc NIC per TAP, with stable instance ids (and so MACs) by position."""
+    if not taps:
+        return []
     import uuid
 
     from .vmbus.wire import HV_NIC_GUID
@@ -266,6 +274,8 @@ def _net_vsps(taps: list, plane: str) -> list:
 
 def _storage_vsps(disks: list, plane: str) -> list:
     """One storvsc controller per disk (LUN 0), with stable instance ids by position."""
+    if not disks:
+        return []
     import uuid
 
     from .vmbus.wire import HV_SCSI_GUID
@@ -381,7 +391,6 @@ def cmd_run(args) -> int:
 
 def _snapshot_plan(args):
     """Check the snapshot and gdb options; load --restore's file. (stage|"done"|None, snapshot)."""
-    from .partition.snapshot import Snapshot, SnapshotError
     stage = None
     if args.snapshot_out:
         if args.snapshot_at == "done":
@@ -407,6 +416,7 @@ def _snapshot_plan(args):
         _gdb_address(args.gdb)
     snap = None
     if args.restore:
+        from .partition.snapshot import Snapshot, SnapshotError
         try:
             snap = Snapshot.load(args.restore)
         except SnapshotError as e:
@@ -429,9 +439,11 @@ def _gdb_address(text: str) -> tuple[str, int]:
 def _arm_snapshots(part, args, plan) -> list[str]:
     """Restore --restore's snapshot; hook a SYNC-stage --snapshot-out. Returns the error list
     the hook fills (reported after the run)."""
-    from .partition.snapshot import SnapshotError
     stage, snap = plan
     errors = _Errors()
+    if snap is None and not isinstance(stage, int):
+        return errors
+    from .partition.snapshot import SnapshotError
     if snap is not None:
         try:
             part.restore(snap)
@@ -466,9 +478,9 @@ def _arm_snapshots(part, args, plan) -> list[str]:
 
 
 def _finish_snapshots(part, args, plan, errors: list[str]) -> None:
-    from .partition.snapshot import SnapshotError
     stage, _ = plan
     if stage == "done":
+        from .partition.snapshot import SnapshotError
         try:
             n = part.snapshot().save(args.snapshot_out)
             print(f"hvkvm: snapshot at the end of the run written to {args.snapshot_out} "

@@ -17,17 +17,19 @@ the compiler flags, the gcc and ld versions and this module's build recipe versi
 live in ``$HVKVM_CACHE_DIR`` (default ``~/.cache/hvkvm/images/``) as ``NAME-HASH.elf``. A build
 happens in a private temporary directory and ends with an atomic rename, so concurrent builders
 (pytest-xdist workers, several processes) never see a half-written file.
+
+Computing the key runs gcc and ld three times and reads every source: tens of milliseconds that
+``hvkvm run hello`` should not pay when nothing changed. So next to the images a stamp per image
+and source tree (``.stamp-NAME-TREE``) records which image the key named and the size and
+modification time of every hashed file and of gcc and ld at that moment; while all of them are
+unchanged (and no file was added or removed), the stamp's image is used without hashing, the way
+Python trusts a ``.pyc`` by its source's size and mtime.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 __all__ = [
@@ -163,6 +165,14 @@ def _image_sources(root: Path, name: str) -> tuple[list[Path], list[Path]]:
 
 @functools.lru_cache(maxsize=None)
 def _tool_versions(gcc: str) -> str:
+    return _tools(gcc)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _tools(gcc: str) -> tuple[str, str | None]:
+    """(gcc's and ld's version lines, ld's resolved path or None)."""
+    import shutil
+    import subprocess
     out = []
     for cmd in ([gcc, "--version"], [gcc, "-print-prog-name=ld"]):
         try:
@@ -176,10 +186,12 @@ def _tool_versions(gcc: str) -> str:
         out.append(res.stdout.splitlines()[0] if res.stdout else "")
     except (OSError, subprocess.CalledProcessError):
         out.append("ld ?")
-    return "\n".join(out)
+    ld_path = ld if os.sep in ld else shutil.which(ld)
+    return "\n".join(out), (os.path.realpath(ld_path) if ld_path else None)
 
 
 def _find_gcc() -> str:
+    import shutil
     gcc = shutil.which("gcc")
     if gcc is None:
         raise ImageError("gcc not found: guest images are built with gcc (Debian: apt-get install gcc)")
@@ -214,6 +226,7 @@ def _compile(gcc: str, root: Path, src: Path, obj: Path) -> str | None:
     d = csrc_dir(root)
     if d != root.parent / "csrc":
         extra = [f"-I{d}"]  # the tree was copied away from csrc/: use the package's
+    import subprocess
     res = subprocess.run([gcc, *flags, *extra, "-c", str(src), "-o", str(obj)], cwd=root,
                          capture_output=True, text=True)
     return None if res.returncode == 0 else _first_error(res.stderr)
@@ -222,6 +235,7 @@ def _compile(gcc: str, root: Path, src: Path, obj: Path) -> str | None:
 def _check_user_calls(root: Path, objs: list[Path]) -> None:
     """Ring-3 code may only reference user-accessible symbols: an undefined symbol of a ``*.u.o``
     object must be defined by some ``*.u.o`` object (a call into kernel-only text would #PF)."""
+    import subprocess
     user = [o for o in objs if o.name.endswith(".u.o")]
     if not user:
         return
@@ -248,6 +262,7 @@ def _check_user_calls(root: Path, objs: list[Path]) -> None:
 
 
 def _build_key(root: Path, name: str, gcc: str) -> tuple[str, list[Path]]:
+    import hashlib
     sources, hashed = _image_sources(root, name)
     h = hashlib.sha256()
     h.update(f"recipe {_RECIPE_VERSION}\n".encode())
@@ -261,17 +276,93 @@ def _build_key(root: Path, name: str, gcc: str) -> tuple[str, list[Path]]:
     return h.hexdigest()[:20], sources
 
 
+_STAMP_MAGIC = "hvkvm-image-stamp 1"
+
+
+def _stamp_path(root: Path, name: str) -> Path:
+    import zlib
+    return cache_dir() / f".stamp-{name}-{zlib.crc32(str(root).encode()):08x}"
+
+
+def _fingerprint(root: Path, name: str, gcc: str, ld: str | None) -> list[str] | None:
+    """Size and mtime of everything the key hashes, and of gcc and ld; None if one is missing."""
+    import zlib
+    flags = "\n".join(" ".join(f) for f in (_CFLAGS, _ASFLAGS, _LDFLAGS)).encode()
+    lines = [f"recipe {_RECIPE_VERSION} {zlib.crc32(flags):08x}", f"root {root}"]
+    try:
+        for tool in (gcc, ld):
+            if tool is not None:
+                st = os.stat(tool)
+                lines.append(f"tool {st.st_size} {st.st_mtime_ns} {tool}")
+        _, hashed = _image_sources(root, name)
+        for rel in hashed:
+            st = os.stat(root / rel)
+            lines.append(f"file {st.st_size} {st.st_mtime_ns} {_hash_label(rel)} {rel}")
+    except OSError:
+        return None
+    return lines
+
+
+def _stamped(root: Path, name: str, gcc: str) -> Path | None:
+    """The cached image the stamp names, if every input is as the stamp recorded."""
+    try:
+        text = _stamp_path(root, name).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = text.splitlines()
+    if len(lines) < 4 or lines[0] != _STAMP_MAGIC or not lines[1].startswith("image ") \
+            or not lines[2].startswith("ld "):
+        return None
+    image, ld = lines[1][6:], lines[2][3:] or None
+    if "/" in image or not image.startswith(f"{name}-") or not image.endswith(".elf"):
+        return None
+    final = cache_dir() / image
+    if lines[3:] != _fingerprint(root, name, os.path.realpath(gcc), ld) or not final.is_file():
+        return None
+    return final
+
+
+def _write_stamp(root: Path, name: str, final: Path, fingerprint: list[str] | None,
+                 ld: str | None) -> None:
+    """Record ``fingerprint`` (taken before the key was computed) for ``final``; best effort."""
+    if fingerprint is None:
+        return
+    path = _stamp_path(root, name)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(fingerprint):x}")
+    try:
+        tmp.write_text("\n".join([_STAMP_MAGIC, f"image {final.name}", f"ld {ld or ''}",
+                                  *fingerprint]) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def build_image(name: str, force: bool = False) -> Path:
     """Build image ``name`` (unless an up-to-date copy is cached, or ``force``) and return the path
     of its ELF file. Raises :class:`ImageError` for an unknown image, a missing gcc or a failed
     compile or link."""
     root = guest_images_dir()
     gcc = _find_gcc()
+    if not force:
+        hit = _stamped(root, name, gcc)
+        if hit is not None:
+            return hit
+    # Taken before the sources are hashed: a change during the build leaves the stamp stale.
+    _, ld = _tools(gcc)
+    fingerprint = _fingerprint(root, name, os.path.realpath(gcc), ld)
     key, sources = _build_key(root, name, gcc)
     out_dir = cache_dir()
     final = out_dir / f"{name}-{key}.elf"
     if final.is_file() and not force:
+        _write_stamp(root, name, final, fingerprint, ld)
         return final
+    import concurrent.futures
+    import shutil
+    import subprocess
+    import tempfile
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=out_dir))
@@ -294,6 +385,7 @@ def build_image(name: str, force: bool = False) -> Path:
         os.replace(elf, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _write_stamp(root, name, final, fingerprint, ld)
     return final
 
 
@@ -309,6 +401,13 @@ def resolve_image(arg: str) -> Path:
     p = Path(arg)
     if p.is_file():
         return p
+    if arg and "/" not in arg and not arg.startswith("."):
+        # The common case, a built-in name, without listing every image.
+        images = guest_images_dir() / "images"
+        d = images / arg
+        if (images / f"{arg}.c").is_file() or (d.is_dir() and any(
+                f.suffix in _SOURCE_SUFFIXES for f in d.iterdir() if f.is_file())):
+            return image_path(arg)
     if arg in list_images():
         return image_path(arg)
     known = ", ".join(list_images()) or "none"

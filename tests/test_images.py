@@ -169,6 +169,37 @@ def test_second_build_is_a_cache_hit(monkeypatch):
     assert images.image_path("hello") == first
 
 
+def test_fresh_stamp_serves_the_cached_image_without_hashing_or_running_gcc(private_tree,
+                                                                            monkeypatch):
+    tree, _ = private_tree
+    first = images.build_image("fault")
+    keys = []
+    real_key = images._build_key
+
+    def counting_key(*a):
+        keys.append(a)
+        return real_key(*a)
+
+    def no_tools(gcc):
+        raise AssertionError("ran gcc/ld for their versions although nothing changed")
+
+    monkeypatch.setattr(images, "_build_key", counting_key)
+    monkeypatch.setattr(images, "_tools", no_tools)
+    assert images.build_image("fault") == first and keys == []
+    # same content, new mtime: the stamp is stale, the key is computed again (and still hits)
+    monkeypatch.undo()
+    monkeypatch.setenv("HVKVM_GUEST_IMAGES", str(tree))
+    monkeypatch.setenv("HVKVM_CACHE_DIR", str(first.parent))
+    monkeypatch.setattr(images, "_build_key", counting_key)
+    st = (tree / "include" / "hv.h").stat()
+    os.utime(tree / "include" / "hv.h", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert images.build_image("fault") == first and len(keys) == 1
+    # a new file in the image's directory is an input too
+    (tree / "images" / "fault" / "extra.h").write_text("/* new */\n")
+    second = images.build_image("fault")
+    assert len(keys) == 2 and second != first
+
+
 def test_cache_dir_from_environment(private_tree):
     _, cache = private_tree
     path = images.build_image("fault")
