@@ -8,7 +8,6 @@ crashed, 2 bad usage or input (one line on stderr, never a traceback), 3 KVM una
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -377,6 +376,7 @@ def cmd_run(args) -> int:
         for _, t in taps:
             t.close()
     if args.json:
+        import json
         print(json.dumps(result.to_json(), indent=2))
     if result.detail and not result.passed:
         print(result.detail, file=sys.stderr)
@@ -655,6 +655,8 @@ def ci_verdict(rep) -> tuple[int, str]:
 
 def cmd_doctor(args) -> int:
     """``hvkvm doctor``: report on /dev/kvm and the backend."""
+    import json
+
     from .doctor import diagnose, format_report
     rep = diagnose(probe=not args.no_probe)
     if args.ci:

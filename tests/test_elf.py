@@ -189,3 +189,13 @@ def test_own_reader_agrees_with_pyelftools_on_built_in_images(name):
                       if s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE")
                       and s.name and s["st_shndx"] != "SHN_UNDEF" and s["st_value"])
         assert img.symbols.entries == syms and len(syms) > 10
+
+
+def test_place_image_on_zeroed_ram_writes_only_file_bytes(tmp_path, memory):
+    img = make_elf([(0x200000, b"data", 0x2000, PF_R | PF_X)], 0x200000)
+    elf = load_elf(write(tmp_path, img), memory.contains)
+    memory.fill(0x200000, 0x2000, 0xAA)
+    place_image(elf, memory, zeroed=True)  # the caller vouches for zeros: tail not written
+    assert memory.read(0x200000, 6) == b"data\xaa\xaa"
+    place_image(elf, memory)
+    assert memory.read(0x200000, 6) == b"data\0\0"

@@ -8,7 +8,8 @@
 - **first instruction**: from ``ChildPartition(config)`` to the first guest instruction retired
   (single-step on, the first debug exit), for raw code and for the ``hello`` image.
 - **teardown**: ``ChildPartition.close()`` after ``hello`` ran to DONE.
-- **hvkvm run hello**: the whole process, interpreter start and imports included, beside a bare
+- **hvkvm run hello**: the whole process, interpreter start and imports included (bytecode
+  caching on, after a warm-up run), beside a bare
   ``python3 -c pass`` and ``python3 -c "import hvkvm.cli, ..."`` measured interleaved in the same
   run. Goal: within 1.5x of the bare interpreter; hvkvm's own share (run hello minus the bare
   interpreter) under ~80 ms.
@@ -129,8 +130,18 @@ def first_instruction(image: str | None) -> dict:
 
 
 def whole_process(repeats: int) -> dict:
-    """Wall time of ``python -m hvkvm.cli run hello`` and of the bare interpreter + imports."""
+    """Wall time of ``python -m hvkvm.cli run hello`` and of the bare interpreter + imports.
+
+    The children run as an installed package would: with bytecode caching on (a
+    ``PYTHONDONTWRITEBYTECODE`` in the caller's environment is dropped for them: with it, every
+    hvkvm module is compiled from source on every start while the interpreter's own standard
+    library still loads precompiled) and after one untimed warm-up run that writes the caches
+    and builds ``hello`` if needed.
+    """
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "hvkvm.cli", "run", "hello"], env=env,
+                   capture_output=True, timeout=300)
     run, imp, bare = [], [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -150,6 +161,7 @@ def whole_process(repeats: int) -> dict:
             "python_pass_ms": round(median(bare), 1),
             "hvkvm_own_ms": round(median(run) - median(bare), 1),
             "run_over_python": round(median(run) / median(bare), 3),
+            "bytecode_cache": True,
             "samples_ms": [round(x, 1) for x in run],
             "samples_python_pass_ms": [round(x, 1) for x in bare],
             "samples_imports_ms": [round(x, 1) for x in imp]}

@@ -271,9 +271,11 @@ def load_elf(path: str | Path, ram_contains=None) -> ElfImage:
     return ElfImage(path, entry, pvh_entry, ordered, symbols)
 
 
-def place_image(image: ElfImage, memory) -> None:
-    """Copy the image's segments into guest RAM (zero-filling each segment's .bss tail)."""
+def place_image(image: ElfImage, memory, zeroed: bool = False) -> None:
+    """Copy the image's segments into guest RAM, zero-filling each segment's .bss tail unless
+    ``zeroed`` says that RAM is still all zeros (fresh from its memfd: writing zeros there would
+    only fault in pages the guest may never touch, ~14 ms for ``hello`` here)."""
     for s in image.segments:
         memory.write(s.gpa, s.data)
-        if s.memsz > len(s.data):
+        if s.memsz > len(s.data) and not zeroed:
             memory.fill(s.gpa + len(s.data), s.memsz - len(s.data))

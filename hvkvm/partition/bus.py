@@ -29,9 +29,10 @@ Behaviour the exit loop can rely on:
 from __future__ import annotations
 
 import bisect
-import logging
 import threading
 from typing import NamedTuple, Protocol, runtime_checkable
+
+from .._lazy import logger as _lazy_logger
 
 __all__ = [
     "BusDevice",
@@ -43,7 +44,7 @@ __all__ = [
     "MAX_TRACKED_ADDRESSES",
 ]
 
-log = logging.getLogger("hvkvm.bus")
+log = _lazy_logger("hvkvm.bus")  # logging is imported on first use
 
 #: Size of the x86 port-I/O space (ports 0x0000-0xffff).
 PIO_SPACE = 1 << 16

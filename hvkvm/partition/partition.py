@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import signal
 import struct
 import sys
 import threading
 import time
-import traceback
 from collections import defaultdict
 from pathlib import Path
 
+from .._lazy import logger as _lazy_logger
 from ..boot import cpu as bootcpu
 from ..boot.elf import ElfImage, Symbols, load_elf, place_image
 from ..boot.pvh import write_start_info
@@ -37,7 +36,7 @@ from .result import RunResult
 from .ucall import (UCALL_ASSERT, UCALL_DONE, UCALL_FAULT, UCALL_LOG, UCALL_PORT, UCALL_SYNC,
                     EXCEPTION_NAMES, UcallError, read_ucall)
 
-log = logging.getLogger("hvkvm.partition")
+log = _lazy_logger("hvkvm.partition")  # logging is imported on first use
 
 #: Signal used to kick a vCPU thread out of KVM_RUN (a no-op handler is installed for it).
 KICK_SIGNAL = signal.SIGRTMIN + 3
@@ -280,6 +279,7 @@ class VcpuThread:
         except KvmError as e:
             p._finish(RunResult("host-error", f"vCPU{self.index}: {e}"), self)
         except Exception as e:  # a host bug must end the run with its traceback, not hang it
+            import traceback
             p._finish(RunResult("host-error", f"vCPU{self.index}: {type(e).__name__}: {e}",
                                 detail=traceback.format_exc()), self)
         finally:
@@ -706,11 +706,12 @@ class ChildPartition:
         from .irq import MsiRouter
         self.msi_routes = MsiRouter(self.vm)
 
+        # The image goes in first, while RAM is known to be all zeros (no .bss fill needed).
+        self._load()
+
         self.pio_bus = Bus("pio", size=0x10000, strict=cfg.strict_io)
         self.mmio_bus = Bus("mmio", strict=cfg.strict_io)
         self._add_devices()
-
-        self._load()
 
         supported = self.kvm.get_supported_cpuid()
         if cfg.vsps:
@@ -793,7 +794,7 @@ class ChildPartition:
         if cfg.image is not None:
             self.image = load_elf(Path(cfg.image), self.memory.contains)
             self.symbols = self.image.symbols
-            place_image(self.image, self.memory)
+            place_image(self.image, self.memory, zeroed=True)  # RAM is fresh from its memfd
         else:
             if not self.memory.contains(cfg.raw_gpa, len(cfg.raw)):
                 raise ValueError(f"raw code at {cfg.raw_gpa:#x}+{len(cfg.raw):#x} is outside RAM")

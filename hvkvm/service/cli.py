@@ -6,7 +6,6 @@ listens on the socket, 5 the service (or its socket) refused this user.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -136,6 +135,7 @@ def _print_vm(vm: dict) -> None:
 
 
 def _print_stats(st: dict) -> None:
+    import json  # only when printing: not on `hvkvm run`'s start-up path
     print(f"{st['name']}: {st['state']}" + ("" if st.get("live") else " (last run)"))
     cpu = st.get("cpu")
     if cpu:
@@ -176,6 +176,7 @@ def _nic(spec: str) -> dict:
 
 def cmd_vm(args) -> int:
     """``hvkvm vm VERB``."""
+    import json  # only when printing: not on `hvkvm run`'s start-up path
     verb = args.vm_command
     c = _client(args)
     out = None
@@ -264,6 +265,7 @@ def _console(c, args) -> int:
 
 def cmd_events(args) -> int:
     """``hvkvm events``."""
+    import json  # only when printing: not on `hvkvm run`'s start-up path
     evs = _client(args).events(partition=args.partition, severity=args.severity,
                                since=args.since, until=args.until, source=args.source,
                                limit=args.limit)

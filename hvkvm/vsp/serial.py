@@ -46,11 +46,12 @@ Model and choices (the facts come from the PC16550D data sheet):
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import select
 import threading
 from typing import BinaryIO, Callable
+
+from .._lazy import logger as _lazy_logger
 
 __all__ = [
     "Serial16550",
@@ -58,7 +59,7 @@ __all__ = [
     "FIFO_SIZE", "LINE_MAX",
 ]
 
-log = logging.getLogger("hvkvm.vsp.serial")
+log = _lazy_logger("hvkvm.vsp.serial")  # logging is imported on first use
 
 #: Standard PC port base and ISA IRQ (GSI) of COM1 and COM2.
 COM1_BASE, COM1_IRQ = 0x3F8, 4
