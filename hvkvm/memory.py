@@ -15,7 +15,7 @@ import ctypes
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from ._record import Record
 
 from .kvm._fd import close_mmap
 
@@ -31,8 +31,7 @@ class GuestMemoryError(ValueError):
     """A guest-physical access that is not entirely inside guest RAM."""
 
 
-@dataclass
-class MemoryRegion:
+class MemoryRegion(Record):
     """One contiguous piece of guest RAM: a KVM memory slot backed by a slice of the memfd."""
 
     slot: int

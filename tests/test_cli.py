@@ -228,7 +228,7 @@ LAZY = ("hvkvm.vsp.netvsc", "hvkvm.vsp.storvsc", "hvkvm.vsp.disk", "hvkvm.vsp.vi
         "hvkvm.vsp.ata", "hvkvm.vsp.mmioblk", "hvkvm.vmbus", "hvkvm.hv", "hvkvm.service.api",
         "hvkvm.service.manager", "hvkvm.bench", "hvkvm.partition.snapshot", "hvkvm.gdbstub",
         "elftools", "fastapi", "uvicorn", "subprocess", "hashlib", "concurrent", "logging",
-        "json", "traceback")
+        "json", "traceback", "dataclasses", "inspect")
 
 
 @pytest.mark.kvm

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from dataclasses import dataclass, field
+from .._record import Record, factory
 from pathlib import Path
 
 #: Xen's ELF note type carrying the 32-bit PVH entry point (xen/include/public/elfnote.h).
@@ -26,8 +26,7 @@ class BadImage(ValueError):
     """An image file that cannot be booted; the message is one line naming file and reason."""
 
 
-@dataclass
-class Segment:
+class Segment(Record):
     """A PT_LOAD segment: where it goes in guest RAM and what fills it."""
 
     gpa: int
@@ -41,12 +40,11 @@ class Segment:
         return self.gpa + self.memsz
 
 
-@dataclass
-class Symbols:
+class Symbols(Record):
     """Function and object symbols of an image, for turning addresses into ``name+0xoff``."""
 
-    addrs: list[int] = field(default_factory=list)
-    entries: list[tuple[int, int, str]] = field(default_factory=list)  # (addr, size, name)
+    addrs: list[int] = factory(list)
+    entries: list[tuple[int, int, str]] = factory(list)  # (addr, size, name)
 
     def add(self, addr: int, size: int, name: str) -> None:
         """Record a symbol (call :meth:`finish` after the last one)."""
@@ -86,8 +84,7 @@ class Symbols:
         return None
 
 
-@dataclass
-class ElfImage:
+class ElfImage(Record):
     """A checked, loadable ELF64 x86-64 image."""
 
     path: Path

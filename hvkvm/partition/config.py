@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from .._record import Record, factory
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -29,8 +29,7 @@ def parse_size(text: str | int) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
-@dataclass
-class DeviceSpec:
+class DeviceSpec(Record):
     """A device a caller adds to a partition: bus ("pio"/"mmio"), base, length and the device."""
 
     bus: str
@@ -39,8 +38,7 @@ class DeviceSpec:
     device: Any
 
 
-@dataclass
-class PartitionConfig:
+class PartitionConfig(Record):
     """Everything needed to build a child partition.
 
     Either ``image`` (an ELF file; PVH entry if it has the note, else its 64-bit entry in long
@@ -63,7 +61,7 @@ class PartitionConfig:
     strict_io: bool = False
     #: Wall-clock limit for :meth:`ChildPartition.run`, seconds (None: none).
     timeout: float | None = None
-    devices: list[DeviceSpec] = field(default_factory=list)
+    devices: list[DeviceSpec] = factory(list)
     #: Called for every SYNC ucall as ``on_sync(vcpu_index, ucall)``; may return "stop".
     on_sync: Callable | None = None
     #: Called for every LOG ucall as ``on_log(vcpu_index, text)``; default prints to serial_out.
@@ -74,7 +72,7 @@ class PartitionConfig:
     #: SynIC) emulated in the parent, as VMBus guests need.
     hyperv: bool = False
     #: VMBus device providers (hvkvm.vmbus.server.Vsp) to offer; implies ``hyperv``.
-    vsps: list = field(default_factory=list)
+    vsps: list = factory(list)
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for settings that cannot work."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .._record import Record, factory
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -32,8 +32,7 @@ class GuestCrash(Exception):
         self.result = result
 
 
-@dataclass
-class RunResult:
+class RunResult(Record):
     """The outcome of :meth:`ChildPartition.run`."""
 
     status: str
@@ -42,21 +41,21 @@ class RunResult:
     guest_code: int | None = None
     wall_ms: float = 0.0
     #: vCPU index -> exit reason name -> {"ring0": n, "ring3": n}
-    exits: dict[int, dict[str, dict[str, int]]] = field(default_factory=dict)
+    exits: dict[int, dict[str, dict[str, int]]] = factory(dict)
     serial: bytes = b""
-    logs: list[str] = field(default_factory=list)
-    syncs: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    logs: list[str] = factory(list)
+    syncs: list[tuple[int, tuple[int, ...]]] = factory(list)
     #: Where each vCPU was when the run ended: index -> {"rip", "symbol", "ring", "state"}
-    vcpu_state: dict[int, dict] = field(default_factory=dict)
+    vcpu_state: dict[int, dict] = factory(dict)
     #: For faults and crashes: register name -> value.
-    registers: dict[str, int] = field(default_factory=dict)
+    registers: dict[str, int] = factory(dict)
     symbol: str = ""
     #: Symbolized frames (innermost first) for asserts and faults.
-    backtrace: list[str] = field(default_factory=list)
+    backtrace: list[str] = factory(list)
     assert_file: str = ""
     assert_line: int = 0
     #: Per-vCPU exit counters and host service-time histograms (:mod:`hvkvm.partition.metrics`).
-    exit_metrics: dict = field(default_factory=dict)
+    exit_metrics: dict = factory(dict)
 
     @property
     def exit_code(self) -> int:

@@ -9,7 +9,7 @@ and an unknown command or a wrong magic is a :class:`UcallError`, never a crash.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from .._record import Record, factory
 
 UCALL_PORT = 0xE8
 UCALL_MAGIC = 0x4C4C4355
@@ -49,8 +49,7 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-@dataclass
-class Ucall:
+class Ucall(Record):
     """One decoded guest -> host call."""
 
     cmd: int
@@ -60,8 +59,8 @@ class Ucall:
     line: int = 0
     file: str = ""
     msg: str = ""
-    frame: dict[str, int] = field(default_factory=dict)
-    gprs: dict[str, int] = field(default_factory=dict)
+    frame: dict[str, int] = factory(dict)
+    gprs: dict[str, int] = factory(dict)
 
     @property
     def name(self) -> str:
