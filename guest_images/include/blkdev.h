@@ -185,6 +185,7 @@ struct blk_job {
 	uint32_t stride;       /* bytes between buffers (whole pages) */
 	uint32_t buf_offset;   /* each buffer starts this far into a page */
 	uint8_t *bufs;         /* qd buffers from storvsc_dma_alloc() */
+	uint64_t ios, bytes, sectors;  /* what blk_job_sweep completed */
 };
 
 /* blk_open_from_cmdline(d, who, NULL), then the job from the command line: ring=3|0 (3)
@@ -220,6 +221,24 @@ const struct blk_counters *blk_counters(struct blkdev *b);
  * (virtio status 1)"; storvsc: storvsc_describe()). */
 const char *blk_strerror(const struct blkdev *b, int err);
 int blk_describe(const struct blkdev *b, const struct blk_completion *c, char *buf, size_t size);
+
+/* One pass over the whole disk (blk_job_sweep): what it does, and the caller's hooks. */
+struct blk_sweep {
+	enum blk_op op;        /* BLK_OP_READ or BLK_OP_WRITE */
+	const char *who;       /* starts every ASSERT */
+	/* before a request is submitted: its buffer, first 512-byte sector and sector count */
+	void (*prepare)(void *arg, uint8_t *buf, uint64_t sector, uint32_t sectors);
+	/* after a request completed without error: the same three */
+	void (*complete)(void *arg, const uint8_t *buf, uint64_t sector, uint32_t sectors);
+	/* true: submit nothing more (what is in flight still completes) */
+	bool (*stop)(void *arg);
+	void *arg;             /* passed to the hooks; a NULL hook is not called */
+};
+
+/* Any ring: every sector of the disk, first to last, in requests of j->chunk bytes with up to
+ * j->qd in flight, each in its own buffer; counts into j->ios, bytes, sectors. A request that
+ * fails (submitting, waiting or in its completion) is an ASSERT that starts with s->who. */
+void blk_job_sweep(struct blk_job *j, const struct blk_sweep *s);
 
 /* Buffer i of a job. */
 static inline uint8_t *blk_job_buf(const struct blk_job *j, uint32_t i)

@@ -1,7 +1,7 @@
 /*
  * u_blkdev.c - the block-device layer's request path, callable from either ring
  * (user-accessible): dispatch to the driver of the device's kind, storvsc completions converted,
- * errors described. See include/blkdev.h.
+ * errors described; a whole-disk sweep for the workloads. See include/blkdev.h.
  */
 #include "blkdev.h"
 
@@ -210,4 +210,60 @@ int blk_describe(const struct blkdev *b, const struct blk_completion *c, char *b
 	}
 	return hv_snprintf(buf, size, "%s LBA %llu x %u: %s", op_name(c->op),
 			   (unsigned long long)c->lba, c->blocks, blk_strerror(b, c->status));
+}
+
+/* blk_job_sweep's queue: the free buffers (a stack of indices) and a batch of completions. */
+static struct blk_completion sweep_comps[64];
+static uint16_t sweep_free[BLK_MAX_QD];
+
+static bool sweep_stopped(const struct blk_sweep *s)
+{
+	return s->stop && s->stop(s->arg);
+}
+
+void blk_job_sweep(struct blk_job *j, const struct blk_sweep *s)
+{
+	struct blkdev *d = j->d;
+	uint64_t total = d->blocks * (d->block_size / BLK_SECTOR); /* 512-byte sectors */
+	uint32_t spb = d->block_size / BLK_SECTOR, per_io = j->chunk / BLK_SECTOR, nfree = j->qd;
+	uint64_t next = 0;
+	char text[200];
+	int rc;
+
+	for (uint32_t i = 0; i < j->qd; i++)
+		sweep_free[i] = (uint16_t)i;
+	while ((next < total && !sweep_stopped(s)) || blk_counters(d)->inflight) {
+		while (next < total && !sweep_stopped(s) && nfree) {
+			uint32_t idx = sweep_free[nfree - 1];
+			uint8_t *buf = blk_job_buf(j, idx);
+			uint32_t n = total - next < per_io ? (uint32_t)(total - next) : per_io;
+
+			if (s->prepare)
+				s->prepare(s->arg, buf, next, n);
+			rc = blk_submit(d, s->op, next / spb, n / spb, buf, idx);
+			if (rc == BLK_EAGAIN)
+				break;
+			HV_ASSERT(rc >= 0, "%s: %s at sector %llu: %s", s->who, op_name(s->op),
+				  (unsigned long long)next, blk_strerror(d, rc));
+			nfree--;
+			next += n;
+		}
+		rc = blk_wait(d, sweep_comps, HV_ARRAY_SIZE(sweep_comps));
+		HV_ASSERT(rc > 0, "%s: waiting (%u in flight): %s", s->who,
+			  blk_counters(d)->inflight, blk_strerror(d, rc));
+		for (int i = 0; i < rc; i++) {
+			const struct blk_completion *c = &sweep_comps[i];
+
+			if (c->status) {
+				blk_describe(d, c, text, sizeof(text));
+				HV_ASSERT(0, "%s: %s", s->who, text);
+			}
+			if (s->complete)
+				s->complete(s->arg, c->buf, c->lba * spb, c->len / BLK_SECTOR);
+			sweep_free[nfree++] = (uint16_t)c->cookie;
+			j->ios++;
+			j->bytes += c->len;
+			j->sectors += c->len / BLK_SECTOR;
+		}
+	}
 }

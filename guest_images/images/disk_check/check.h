@@ -9,7 +9,6 @@
 struct check_run {
 	struct blk_job j;   /* the disk, READs of j.chunk bytes, j.qd in flight */
 	uint64_t seed;
-	uint64_t sectors, bytes, ios, cycles;
 	/* the lowest mismatching sector found, ~0 if none */
 	uint64_t bad_lba, bad_word[2];
 	uint32_t bad_offset;   /* byte of the sector that differs */

@@ -24,8 +24,8 @@ int hv_main(void)
 	blk_job_run(&k->j, check_task, k);
 	hv_log("disk_check: seed %llu: %llu sectors (%llu bytes) good, %llu READs of up to %u "
 	       "bytes, qd %u, ring %u", (unsigned long long)k->seed,
-	       (unsigned long long)k->sectors, (unsigned long long)k->bytes,
-	       (unsigned long long)k->ios, k->j.chunk, k->j.qd, k->j.ring);
+	       (unsigned long long)k->j.sectors, (unsigned long long)k->j.bytes,
+	       (unsigned long long)k->j.ios, k->j.chunk, k->j.qd, k->j.ring);
 	rc = blk_close(&check_dev);
 	HV_ASSERT(rc == 0, "disk_check: close: %d", rc);
 	return 0;

@@ -9,7 +9,6 @@
 struct fill_run {
 	struct blk_job j;   /* the disk, WRITEs of j.chunk bytes, j.qd in flight */
 	uint64_t seed;
-	uint64_t sectors, bytes, ios, cycles;
 };
 
 extern struct blkdev fill_dev;

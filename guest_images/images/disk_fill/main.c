@@ -26,8 +26,8 @@ int hv_main(void)
 	blk_job_run(&f->j, fill_task, f);
 	hv_log("disk_fill: seed %llu: %llu sectors (%llu bytes) in %llu WRITEs of up to %u bytes, "
 	       "qd %u, ring %u, flushed", (unsigned long long)f->seed,
-	       (unsigned long long)f->sectors, (unsigned long long)f->bytes,
-	       (unsigned long long)f->ios, f->j.chunk, f->j.qd, f->j.ring);
+	       (unsigned long long)f->j.sectors, (unsigned long long)f->j.bytes,
+	       (unsigned long long)f->j.ios, f->j.chunk, f->j.qd, f->j.ring);
 	rc = blk_close(&fill_dev);
 	HV_ASSERT(rc == 0, "disk_fill: close: %d", rc);
 	return 0;
