@@ -40,8 +40,16 @@ head)
     echo "sanitize: sources of $(git rev-parse --short HEAD) in $src"
     ;;
 worktree)
-    tar -c --exclude=.git --exclude=build --exclude='*.so' --exclude='__pycache__' \
-        --exclude='*.egg-info' . | tar -x -C "$src"
+    # Tracked and new files as they are now, minus what .gitignore names (build output, a
+    # virtualenv, caches); outside a git checkout, everything but the usual build output.
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git ls-files -z --cached --others --exclude-standard |
+            (while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done) |
+            tar -c --null -T - | tar -x -C "$src"
+    else
+        tar -c --exclude=.git --exclude=build --exclude='*.so' --exclude='__pycache__' \
+            --exclude='*.egg-info' --exclude=.venv --exclude=.pytest_cache . | tar -x -C "$src"
+    fi
     echo "sanitize: working tree copied to $src"
     ;;
 *)
