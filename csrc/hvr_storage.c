@@ -11,7 +11,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/io_uring.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -68,6 +71,25 @@
 /* The command went to the worker pool: its completion comes from hvr_storage_reap(). */
 #define DEFERRED 0xfffffffeu
 
+/*
+ * An io_uring driven by the ring thread alone: SQEs queued by the handler are submitted by the
+ * next reap (one io_uring_enter per drain pass), CQEs reaped there. The kernel signals `efd`
+ * (registered) on every completion; it is the plane's wake_fd.
+ */
+struct hvr_uring {
+	int fd;
+	uint32_t sq_entries, cq_entries;
+	void *sq_map, *cq_map;
+	size_t sq_map_len, cq_map_len;
+	struct io_uring_sqe *sqes;
+	size_t sqes_len;
+	uint32_t *sq_head, *sq_tail, *sq_mask, *sq_array;
+	uint32_t *cq_head, *cq_tail, *cq_mask;
+	struct io_uring_cqe *cqes;
+	uint32_t tail;            /* our SQ tail (published at submit) */
+	uint32_t in_kernel;       /* submitted or queued, CQE not reaped yet */
+};
+
 /* What a request slot asks a worker to do. */
 enum io_kind { IO_READ = 1, IO_WRITE = 2, IO_SYNC = 3 };
 
@@ -115,6 +137,7 @@ struct hvr_aio {
 	uint32_t outstanding;     /* slots not free (ring thread) */
 	struct io_slot *free;     /* ring thread */
 	struct io_slot *cur;      /* the slot the command being parsed may defer into */
+	struct hvr_uring *uring;  /* HVR_IO_URING: the ring (no threads then) */
 	uint8_t nowait_bad[2][HVR_STORAGE_MAX_LUNS]; /* [write][lun index]: RWF_NOWAIT refused */
 };
 
@@ -1164,8 +1187,186 @@ int hvr_storage_handler(struct hvr_plane *p, const struct hvr_pkt *pkt)
 
 /* ---- the worker pool ---------------------------------------------------------------------- */
 
+/* ---- io_uring (raw syscalls) ---------------------------------------------------------------- */
+
+static int uring_enter(int fd, uint32_t to_submit, uint32_t min_complete, uint32_t flags)
+{
+	return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
+}
+
+/* Queue the slot's operation as an SQE (published at the next uring_submit). */
+static void uring_queue(struct hvr_uring *u, struct io_slot *q)
+{
+	uint32_t idx = u->tail & *u->sq_mask;
+	struct io_uring_sqe *sqe = &u->sqes[idx];
+
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->fd = q->u->fd;
+	sqe->user_data = (uint64_t)(uintptr_t)q;
+	if (q->kind == IO_SYNC) {
+		sqe->opcode = IORING_OP_FSYNC;
+		sqe->fsync_flags = IORING_FSYNC_DATASYNC;
+	} else {
+		sqe->opcode = q->kind == IO_WRITE ? IORING_OP_WRITEV : IORING_OP_READV;
+		sqe->addr = (uint64_t)(uintptr_t)q->iov;
+		sqe->len = q->cnt;
+		sqe->off = q->off;
+		/* FUA: this write is durable when it completes (pwritev2's RWF_DSYNC) */
+		sqe->rw_flags = (q->kind == IO_WRITE && q->fua) ? RWF_DSYNC : 0;
+	}
+	u->sq_array[idx] = idx;
+	u->tail++;
+	u->in_kernel++;
+}
+
+/* Publish and submit the queued SQEs. 0, or -errno when the kernel refuses the ring. */
+static int uring_submit(struct hvr_uring *u)
+{
+	uint32_t head, n;
+	int rc;
+
+	/* Release: the kernel reads the SQEs and sq_array entries after it sees the new tail
+	 * (liburing's io_uring_smp_store_release on sq.ktail). */
+	__atomic_store_n(u->sq_tail, u->tail, __ATOMIC_RELEASE);
+	/* Acquire: entries the kernel consumed (sq.khead) are free for us to reuse. */
+	head = __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE);
+	n = u->tail - head;
+	while (n) {
+		rc = uring_enter(u->fd, n, 0, 0);
+		if (rc < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EBUSY)
+				return 0; /* the next reap retries what is left */
+			return -errno;
+		}
+		if ((uint32_t)rc >= n)
+			break;
+		n -= (uint32_t)rc;
+	}
+	return 0;
+}
+
+/* The rest of a short transfer, synchronously (O_DIRECT files only come up short at EOF). */
+static void finish_short(struct io_slot *q)
+{
+	struct iovec *iov = q->iov;
+	uint32_t cnt = q->cnt;
+	int64_t more;
+
+	iov_advance(&iov, &cnt, (size_t)q->result);
+	more = rw_all(q->u->fd, q->kind == IO_WRITE, iov, cnt, q->off + (uint64_t)q->result);
+	q->result = more < 0 ? more : q->result + more;
+	if (q->kind == IO_WRITE && q->fua && q->result >= 0 && fdatasync(q->u->fd) < 0)
+		q->sync_err = -errno;
+}
+
+/* Take every completed CQE: the slots (result set) as a list. */
+static struct io_slot *uring_collect(struct hvr_uring *u)
+{
+	struct io_slot *list = NULL, *q;
+	uint32_t head = *u->cq_head, tail;
+
+	/* Acquire: the CQEs up to cq.ktail (and the data the kernel moved for them) are
+	 * visible once we see the tail. */
+	tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+	while (head != tail) {
+		struct io_uring_cqe *cqe = &u->cqes[head & *u->cq_mask];
+
+		q = (struct io_slot *)(uintptr_t)cqe->user_data;
+		q->result = cqe->res;
+		if (q->kind != IO_SYNC && q->result >= 0 && q->result < (int64_t)q->len)
+			finish_short(q);
+		q->next = list;
+		list = q;
+		u->in_kernel--;
+		head++;
+	}
+	/* Release: we are done reading those CQEs; the kernel may reuse their entries. */
+	__atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+	return list;
+}
+
+static void uring_fini(struct hvr_uring *u)
+{
+	if (!u)
+		return;
+	if (u->sqes && u->sqes != MAP_FAILED)
+		munmap(u->sqes, u->sqes_len);
+	if (u->cq_map && u->cq_map != MAP_FAILED && u->cq_map != u->sq_map)
+		munmap(u->cq_map, u->cq_map_len);
+	if (u->sq_map && u->sq_map != MAP_FAILED)
+		munmap(u->sq_map, u->sq_map_len);
+	if (u->fd >= 0)
+		close(u->fd);
+	free(u);
+}
+
+/* An io_uring of at least `entries` SQEs whose completions signal efd; NULL if unavailable. */
+static struct hvr_uring *uring_init(uint32_t entries, int efd)
+{
+	struct io_uring_params prm;
+	struct hvr_uring *u = calloc(1, sizeof(*u));
+	uint8_t *sq, *cq;
+
+	if (!u)
+		return NULL;
+	memset(&prm, 0, sizeof(prm));
+	u->fd = (int)syscall(__NR_io_uring_setup, entries, &prm);
+	if (u->fd < 0)
+		goto fail; /* ENOSYS, or refused (kernel.io_uring_disabled, seccomp): no io_uring */
+	u->sq_entries = prm.sq_entries;
+	u->cq_entries = prm.cq_entries;
+	u->sq_map_len = prm.sq_off.array + prm.sq_entries * sizeof(uint32_t);
+	u->cq_map_len = prm.cq_off.cqes + prm.cq_entries * sizeof(struct io_uring_cqe);
+	if (prm.features & IORING_FEAT_SINGLE_MMAP) {
+		if (u->cq_map_len > u->sq_map_len)
+			u->sq_map_len = u->cq_map_len;
+		u->cq_map_len = u->sq_map_len;
+	}
+	u->sq_map = mmap(NULL, u->sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+			 u->fd, IORING_OFF_SQ_RING);
+	if (u->sq_map == MAP_FAILED)
+		goto fail;
+	if (prm.features & IORING_FEAT_SINGLE_MMAP)
+		u->cq_map = u->sq_map;
+	else
+		u->cq_map = mmap(NULL, u->cq_map_len, PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_POPULATE, u->fd, IORING_OFF_CQ_RING);
+	if (u->cq_map == MAP_FAILED)
+		goto fail;
+	u->sqes_len = prm.sq_entries * sizeof(struct io_uring_sqe);
+	u->sqes = mmap(NULL, u->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+		       IORING_OFF_SQES);
+	if (u->sqes == MAP_FAILED)
+		goto fail;
+	sq = u->sq_map;
+	cq = u->cq_map;
+	u->sq_head = (uint32_t *)(sq + prm.sq_off.head);
+	u->sq_tail = (uint32_t *)(sq + prm.sq_off.tail);
+	u->sq_mask = (uint32_t *)(sq + prm.sq_off.ring_mask);
+	u->sq_array = (uint32_t *)(sq + prm.sq_off.array);
+	u->cq_head = (uint32_t *)(cq + prm.cq_off.head);
+	u->cq_tail = (uint32_t *)(cq + prm.cq_off.tail);
+	u->cq_mask = (uint32_t *)(cq + prm.cq_off.ring_mask);
+	u->cqes = (struct io_uring_cqe *)(cq + prm.cq_off.cqes);
+	u->tail = *u->sq_tail;
+	if (syscall(__NR_io_uring_register, u->fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0)
+		goto fail;
+	return u;
+fail:
+	uring_fini(u);
+	return NULL;
+}
+
+/* ---- submission and completion, either backend -------------------------------------------- */
+
 static void submit(struct hvr_aio *a, struct io_slot *q)
 {
+	if (a->uring) {
+		uring_queue(a->uring, q);
+		return;
+	}
 	q->next = NULL;
 	/* The slot's fields (iovecs, offsets) are published to the worker by the unlock's release;
 	 * the worker's lock acquires them. */
@@ -1269,15 +1470,25 @@ int hvr_storage_reap(struct hvr_plane *p)
 	uint32_t size = hvr_storage_packet_size(s->version);
 	int n = 0, rc = HVR_OK;
 
-	/* Acquire pairs with the worker's release: a non-zero hint means a slot is (or is about
-	 * to be, under mu) on the done list. */
-	if (!a || !__atomic_load_n(&a->ndone, __ATOMIC_ACQUIRE))
+	if (!a)
 		return 0;
-	pthread_mutex_lock(&a->mu);
-	list = a->done;
-	a->done = NULL;
-	__atomic_store_n(&a->ndone, 0, __ATOMIC_RELAXED); /* under mu: workers add under mu */
-	pthread_mutex_unlock(&a->mu);
+	if (a->uring) {
+		/* what the last drain pass queued goes to the kernel now: one syscall per pass */
+		rc = uring_submit(a->uring);
+		if (rc < 0)
+			return rc;
+		list = uring_collect(a->uring);
+	} else {
+		/* Acquire pairs with the worker's release: a non-zero hint means a slot is (or is
+		 * about to be, under mu) on the done list. */
+		if (!__atomic_load_n(&a->ndone, __ATOMIC_ACQUIRE))
+			return 0;
+		pthread_mutex_lock(&a->mu);
+		list = a->done;
+		a->done = NULL;
+		__atomic_store_n(&a->ndone, 0, __ATOMIC_RELAXED); /* workers add under mu */
+		pthread_mutex_unlock(&a->mu);
+	}
 	while (list) {
 		q = list;
 		list = q->next;
@@ -1307,6 +1518,25 @@ static uint32_t pool_drain(struct hvr_storage *s, struct hvr_aio *a)
 	struct io_slot *q, *list;
 	uint32_t n = 0;
 
+	if (a->uring) {
+		/* Nothing to cancel cheaply: submit what is queued and wait for every CQE. */
+		struct hvr_uring *u = a->uring;
+
+		if (uring_submit(u) < 0) /* SQEs the kernel never took never complete */
+			u->in_kernel -= u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE);
+		while (u->in_kernel) {
+			if (uring_enter(u->fd, 0, 1, IORING_ENTER_GETEVENTS) < 0 && errno != EINTR &&
+			    errno != EAGAIN && errno != EBUSY)
+				break; /* the ring is gone: nothing of ours can run any more */
+			list = uring_collect(u);
+			while (list) {
+				q = list;
+				list = q->next;
+				release(s, a, q);
+			}
+		}
+		return 0;
+	}
 	pthread_mutex_lock(&a->mu);
 	list = a->sq_head;
 	a->sq_head = a->sq_tail = NULL;
@@ -1375,6 +1605,11 @@ static void pool_fini(struct hvr_storage *s)
 		for (i = 0; i < a->nthreads; i++)
 			pthread_join(a->threads[i], NULL);
 	}
+	if (a->uring) {
+		pool_drain(s, a);
+		uring_fini(a->uring);
+		a->uring = NULL;
+	}
 	pthread_cond_destroy(&a->idle);
 	pthread_cond_destroy(&a->work);
 	pthread_mutex_destroy(&a->mu);
@@ -1413,6 +1648,15 @@ static int pool_init(struct hvr_storage *s)
 	a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (a->wake_fd < 0)
 		goto sync;
+	if (s->io_backend == HVR_IO_URING) {
+		uint32_t entries = 1;
+
+		while (entries < a->nslots)
+			entries <<= 1;
+		a->uring = uring_init(entries, a->wake_fd);
+		if (a->uring)
+			return 0;
+	}
 	for (i = 0; i < s->io_workers; i++) {
 		if (pthread_create(&a->threads[i], NULL, worker_main, a))
 			break;
@@ -1440,6 +1684,8 @@ int hvr_storage_init(struct hvr_storage *s)
 	memset(&s->stats, 0, sizeof(s->stats));
 	if (!s->regions || !s->nregions || !s->luns || !s->nluns ||
 	    s->io_workers > HVR_STORAGE_MAX_WORKERS || s->max_inflight > HVR_STORAGE_MAX_INFLIGHT ||
+	    (s->io_backend != HVR_IO_THREADS && s->io_backend != HVR_IO_URING &&
+	     s->io_backend != HVR_IO_SYNC) ||
 	    s->nluns > HVR_STORAGE_MAX_LUNS || s->max_transfer_bytes < PAGE ||
 	    s->max_transfer_bytes % PAGE || s->max_transfer_bytes > HVR_STORAGE_MAX_TRANSFER)
 		return HVR_EINVAL;
@@ -1488,7 +1734,7 @@ int hvr_storage_init(struct hvr_storage *s)
 		if (rc)
 			return rc;
 		if (s->aio)
-			s->io_mode = HVR_IO_THREADS;
+			s->io_mode = ((struct hvr_aio *)s->aio)->uring ? HVR_IO_URING : HVR_IO_THREADS;
 	}
 	return HVR_OK;
 }

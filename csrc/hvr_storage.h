@@ -17,9 +17,11 @@
  * ring never makes a request run twice: with requests outstanding, room for all their
  * completions plus this one (they are reserved, so a finished request can always be posted).
  *
- * I/O modes (io_mode, chosen by io_workers): HVR_IO_SYNC runs every command on the ring thread,
- * one at a time. HVR_IO_THREADS (a pool of io_workers threads, attached to the plane with
- * hvr_storage_attach()) keeps up to max_inflight READ/WRITE/SYNCHRONIZE CACHE commands in flight:
+ * I/O modes (io_mode, chosen by io_workers and io_backend): HVR_IO_SYNC runs every command on the
+ * ring thread, one at a time. HVR_IO_THREADS (a pool of io_workers threads, attached to the plane
+ * with hvr_storage_attach()) keeps up to max_inflight READ/WRITE/SYNCHRONIZE CACHE commands in
+ * flight; HVR_IO_URING does the same through an io_uring the ring thread submits to and reaps
+ * (no thread hand-off; falls back to HVR_IO_THREADS where io_uring is unavailable):
  * the ring thread parses and checks a request (every PFN translated before submission), hands
  * its iovecs to a worker, and posts the completion when the worker is done - in completion order,
  * not request order (storvsc matches completions by trans_id). Reads and writes that the page
@@ -52,9 +54,10 @@
 #define HVR_STORAGE_MAX_WORKERS 64u
 #define HVR_STORAGE_DEFAULT_INFLIGHT 64u
 
-/* hvr_storage.io_mode */
+/* hvr_storage.io_mode (io_backend asks for one; the mode that runs is io_mode) */
 #define HVR_IO_SYNC 0u
 #define HVR_IO_THREADS 1u
+#define HVR_IO_URING 2u     /* io_uring (raw syscalls); unavailable or refused: THREADS */
 
 /* Logical units per channel (LUN numbers 0..254). */
 #define HVR_STORAGE_MAX_LUNS 255u
@@ -127,6 +130,7 @@ struct hvr_storage {
 	uint32_t max_transfer_bytes;   /* a multiple of 4096, <= HVR_STORAGE_MAX_TRANSFER */
 	uint32_t version;              /* the negotiated VMSTOR_PROTO_VERSION_* */
 	uint32_t io_workers;           /* 0: HVR_IO_SYNC; else pool threads (<= MAX_WORKERS) */
+	uint32_t io_backend;           /* with io_workers: HVR_IO_THREADS or HVR_IO_URING */
 	uint32_t max_inflight;         /* request slots; 0: HVR_STORAGE_DEFAULT_INFLIGHT */
 	uint32_t io_mode;              /* set by hvr_storage_init(): the mode actually running */
 	/* owned: hvr_storage_init() allocates, hvr_storage_fini() frees */

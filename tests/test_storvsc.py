@@ -84,7 +84,7 @@ def rig(tmp_path, plane):
     made = []
 
     def make(sizes=(DISK,), readonly=False, direct=False, controllers=1, ring_pages=8,
-             handshake=True, memory=32 << 20, luns_per_controller=1, io="threads"):
+             handshake=True, memory=32 << 20, luns_per_controller=1, io="uring"):
         paths, disks = [], []
         for i, size in enumerate(sizes):
             p = tmp_path / f"disk{len(made)}_{i}.img"
@@ -475,6 +475,14 @@ def test_queue_depth(rig, depth):
 # Many requests outstanding in the C plane's worker pool (io="threads")
 # ------------------------------------------------------------------------------------------
 
+@pytest.fixture(params=["threads", "uring"])
+def io(request, plane):
+    """The C plane's I/O backend under test (the Python plane has one: it runs once)."""
+    if plane == "python" and request.param != "threads":
+        pytest.skip("the Python plane has no I/O backends")
+    return request.param
+
+
 def _post_batch(g: StorGuest, reqs) -> list[int]:
     """Write every (cdb, gpa, length, data_in) request, then publish them with one commit and
     one kick: the plane sees them all at once."""
@@ -496,14 +504,14 @@ def _sizes_at_qd32() -> list[int]:
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
-def test_qd32_completions_in_any_order_carry_byte_exact_data(rig, direct):
+def test_qd32_completions_in_any_order_carry_byte_exact_data(rig, direct, io):
     """32 writes of different sizes posted at once, then 32 reads of them at once, on an O_DIRECT
     and a page-cache disk: every completion matches one outstanding trans_id exactly once (the C
     pool completes them in whatever order the workers finish; the order is not asserted) and
     every byte read back equals what was written, in guest RAM and in the file. With the C plane
     on O_DIRECT all 32 were in the pool together (inflight_max); from the page cache they are
     served inline (inline_io) or, on a miss, by the pool (async)."""
-    r = rig(direct=direct, sizes=(4 << 20,))
+    r = rig(direct=direct, sizes=(4 << 20,), io=io)
     g = r.g
     sizes = _sizes_at_qd32()
     lbas, lba = [], 0
@@ -535,7 +543,7 @@ def test_qd32_completions_in_any_order_carry_byte_exact_data(rig, direct):
         assert r.file_bytes(0, lbas[i] * 512, sizes[i]) == datas[i], f"request {i} in the file"
     if r.plane == "c":
         st = r.vsp.stats()[g.ch.offer.child_relid]
-        assert st["io_mode"] == "threads"
+        assert st["io_mode"] == io
         assert st["inflight"] == 0, st
         if direct:
             assert st["async"] == 64, st          # every O_DIRECT read and write: the pool
@@ -545,11 +553,11 @@ def test_qd32_completions_in_any_order_carry_byte_exact_data(rig, direct):
             assert st["async"] + st["inline_io"] == 64, st
 
 
-def test_overlapping_writes_in_flight_leave_one_of_them_whole(rig):
+def test_overlapping_writes_in_flight_leave_one_of_them_whole(rig, io):
     """Eight 64 KiB writes to the same sectors outstanding at once (no order among them, as in
     SCSI): afterwards the range holds exactly one writer's data, sector by sector (4 KiB pages
     of one write never mixed with torn bytes), and a read returns the file's bytes."""
-    r = rig(direct=True)
+    r = rig(direct=True, io=io)
     g = r.g
     n = 64 << 10
     datas = [bytes([0x10 + i]) * n for i in range(8)]
@@ -566,11 +574,11 @@ def test_overlapping_writes_in_flight_leave_one_of_them_whole(rig):
     assert g.ok(read16(0, n // 512), n) == on_disk
 
 
-def test_flush_behind_writes_in_flight_covers_every_acknowledged_write(rig):
+def test_flush_behind_writes_in_flight_covers_every_acknowledged_write(rig, io):
     """Writes and a SYNCHRONIZE CACHE posted together, then writes acknowledged before a second
     flush: every write acknowledged before that flush completed is in the file when the flush's
     completion arrives, and every flush is answered GOOD."""
-    r = rig(direct=True)
+    r = rig(direct=True, io=io)
     g = r.g
     n = 8 << 10
     reqs = []
@@ -592,12 +600,12 @@ def test_flush_behind_writes_in_flight_covers_every_acknowledged_write(rig):
         assert st["flushes"] >= 2 and st["async"] >= 18, st
 
 
-def test_closing_with_io_in_flight_leaves_guest_ram_alone(rig):
+def test_closing_with_io_in_flight_leaves_guest_ram_alone(rig, io):
     """32 reads of 256 KiB outstanding on an O_DIRECT disk when the channel closes: close()
     returns only after the pool cancelled the queued ones and finished the running ones, so guest
     RAM written after close stays as written (no worker lands data late) and nothing is left
     outstanding."""
-    r = rig(direct=True, sizes=(16 << 20,), ring_pages=32)
+    r = rig(direct=True, sizes=(16 << 20,), ring_pages=32, io=io)
     g = r.g
     n = 256 << 10
     create = pattern(7, 16 << 20)

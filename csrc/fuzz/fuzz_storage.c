@@ -5,9 +5,9 @@
  * RAM (two heap regions: ASan sees any byte outside them). Also runs raw CDBs on a host buffer
  * through hvr_storage_exec_cdb (the path scsi.py is compared with).
  *
- * A third configuration byte picks the I/O mode: synchronous, or the worker pool (1-4 threads,
- * 1-32 request slots) with completions reaped as the plane thread does; a full pool makes the
- * harness wait for a completion (the plane's HVR_PLANE_RETRY sleep).
+ * A third configuration byte picks the I/O mode: synchronous, the worker pool (1-2 threads) or
+ * io_uring, with 1-32 request slots and completions reaped as the plane thread does; a full pool
+ * makes the harness wait for a completion (the plane's HVR_PLANE_RETRY sleep).
  *
  * Invariants (a violation traps): the parent never breaks the guest's receive ring, answers every
  * request with exactly one completion, only refuses packets with the documented statuses, and
@@ -93,7 +93,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	s.nluns = 1 + ((cfg >> 5) & 1);
 	s.max_transfer_bytes = FZ_PAGE * (1u + (cfg & 7));
 	s.version = versions[((cfg >> 6) + 4u * ((lcfg >> 3) & 1)) % 5];
-	s.io_workers = (acfg & 1) ? 1u + ((acfg >> 1) & 3) : 0;
+	s.io_workers = (acfg & 1) ? 1u + ((acfg >> 1) & 1) : 0;
+	s.io_backend = (acfg & 4) ? HVR_IO_URING : HVR_IO_THREADS;
 	s.max_inflight = 1u + (acfg >> 3);
 	rc = hvr_storage_init(&s);
 	if (rc)

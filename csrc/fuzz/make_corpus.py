@@ -113,7 +113,8 @@ def storage_seeds() -> dict[str, bytes]:
     cap16 = bytes([0x9e, 0x10] + [0] * 8 + [0, 0, 0, 32, 0, 0])
     luns = bytes([0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0])
     cfg, lcfg = 0x21, 0x00   # two LUNs, max transfer 8 KiB, WIN10, plain rings
-    sync_io, pool = 0x00, 0x1b   # third byte: synchronous; or 2 workers, 4 slots
+    # third byte: synchronous; or 2 workers (0x1b) or io_uring (0x1f), 4 slots
+    sync_io, pool, uring = 0x00, 0x1b, 0x1f
     seeds = {
         "read10_gpa": u8(cfg) + u8(lcfg) + u8(sync_io) + storage_send_gpa(
             vstor_srb(read10, 4096), [(4096, 0, [1])]),
@@ -133,6 +134,12 @@ def storage_seeds() -> dict[str, bytes]:
             vstor_srb(read10, 4096)[:48], [(4096, 0, [1])]),
         # the worker pool: reads and writes on an O_DIRECT LUN 0 and a page-cache LUN 1, a flush
         "pool_rw_flush": u8(cfg) + u8(lcfg | 0x02) + u8(pool) + b"".join(
+            storage_send_gpa(vstor_srb(c, 4096, data_in=d), [(4096, 0, [1 + i])], trans=10 + i,
+                             drain=int(i == 4))
+            for i, (c, d) in enumerate([(read10, 1), (write10, 0), (read16, 1), (write10, 0),
+                                        (read10, 1)])) +
+        storage_send_inband(vstor_srb(sync, 0, data_in=2), trans=20),
+        "uring_rw_flush": u8(cfg) + u8(lcfg | 0x02) + u8(uring) + b"".join(
             storage_send_gpa(vstor_srb(c, 4096, data_in=d), [(4096, 0, [1 + i])], trans=10 + i,
                              drain=int(i == 4))
             for i, (c, d) in enumerate([(read10, 1), (write10, 0), (read16, 1), (write10, 0),

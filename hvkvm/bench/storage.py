@@ -118,10 +118,10 @@ def _storvsc_options() -> dict:
     return out
 
 
-def _storvsc(plane: str):
+def _storvsc(plane: str, **fixed):
     def build(disk) -> Built:
         from ..vsp.storvsc import StorvscVsp
-        vsp = StorvscVsp(disk, plane=plane, **_storvsc_options())
+        vsp = StorvscVsp(disk, plane=plane, **{**_storvsc_options(), **fixed})
 
         def counters(p) -> dict:
             sig = 0
@@ -395,6 +395,14 @@ def _length(path: StoragePath, w: Workload, ring: int, quick: bool) -> dict:
     return {"count": max(1, n // path.slow)}
 
 
+def _io_variants() -> list[StoragePath]:
+    """Extra storvsc-c rows, one per C-plane I/O mode in ``HVKVM_BENCH_STORVSC_IO`` (for
+    example ``uring,threads,sync``): the modes side by side in one run."""
+    return [StoragePath(f"storvsc-c-{io}", f"VMBus storvsc, C data plane, io={io}",
+                        build=_storvsc("c", io=io))
+            for io in sorted(_only("HVKVM_BENCH_STORVSC_IO"))]
+
+
 def _only(var: str) -> set[str]:
     """A comma-separated subset from the environment (empty: everything)."""
     return {t.strip() for t in os.environ.get(var, "").split(",") if t.strip()}
@@ -409,10 +417,11 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
     if only_w:
         workloads = [w for w in WORKLOADS if w.name in only_w]
     only_p = _only("HVKVM_BENCH_PATHS")
+    all_paths = PATHS + _io_variants()
     only_r = {int(r) for r in _only("HVKVM_BENCH_RINGS")}
     from . import qemu
     paths = []
-    for p in PATHS:
+    for p in PATHS + _io_variants():
         why = p.unavailable()
         paths.append({"name": p.name, "title": p.title, "runner": p.runner, "keys": p.keys,
                       "available": why is None,
@@ -426,7 +435,7 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
             with progress.step(f"storage: filling a {size >> 20} MiB file in {b.title}"):
                 make_file(f, size)
             files.append(f)
-            for p in PATHS:
+            for p in all_paths:
                 if p.unavailable() or (only_p and p.name not in only_p):
                     continue
                 for ring in (3, 0):

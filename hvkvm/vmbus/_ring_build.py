@@ -251,6 +251,7 @@ CDEF_STORAGE = r"""
 #define HVR_STORAGE_DEFAULT_INFLIGHT ...
 #define HVR_IO_SYNC ...
 #define HVR_IO_THREADS ...
+#define HVR_IO_URING ...
 struct hvr_ram_region {
     uint64_t gpa;
     uint64_t size;
@@ -290,6 +291,7 @@ struct hvr_storage {
     uint32_t max_transfer_bytes;
     uint32_t version;
     uint32_t io_workers;
+    uint32_t io_backend;
     uint32_t max_inflight;
     uint32_t io_mode;
     struct hvr_storage_stats stats;

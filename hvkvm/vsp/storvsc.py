@@ -14,11 +14,14 @@ disks are LUNs 0, 1, ... of path 0, target 0. Per opened channel:
    a C data-plane thread (``csrc/hvr_plane.c`` with the handler ``csrc/hvr_storage.c``) that
    executes SRBs with preadv/pwritev straight between the image and guest RAM and never enters
    Python; ``plane="python"`` keeps serving from the Python thread (:mod:`.scsi`), the oracle
-   the C plane is tested against. The C plane's ``io``: ``"threads"`` (default) keeps up to
-   ``max_inflight`` reads, writes and flushes in flight on ``io_workers`` threads (page-cache
-   hits still served inline on the ring thread, completions posted as they finish, matched by
-   trans_id); ``"sync"`` runs them one at a time on the ring thread. The channel's stats say
-   which runs (``io_mode``).
+   the C plane is tested against. The C plane's ``io``: ``"uring"`` (default) keeps up to
+   ``max_inflight`` reads, writes and flushes in flight through an io_uring the plane thread
+   submits to and reaps; ``"threads"`` does the same on ``io_workers`` threads (and is what
+   "uring" falls back to where io_uring is unavailable); in both, page-cache hits are still
+   served inline on the ring thread and completions are posted as they finish, matched by
+   trans_id. ``"sync"`` runs them one at a time on the ring thread. The channel's stats say which
+   runs (``io_mode``). Measured choice: BENCHMARKS.md (uring: no thread hand-off per I/O, which
+   on a small, busy host is what the pool loses to).
 
 EXECUTE_SRB: an in-band packet for commands without data, a GPA-direct packet (Linux's
 ``vmbus_packet_mpb_array``) for commands with data. The PFNs are checked against guest RAM and the
@@ -53,10 +56,10 @@ DEFAULT_MAX_TRANSFER = 1 << 20
 MAX_GPA_RANGES = 32
 #: Packets handled between ring commits.
 BATCH = 32
-#: The C plane's I/O worker threads and outstanding requests per channel (io="threads").
+#: The C plane's outstanding requests per channel, and worker threads for io="threads".
 DEFAULT_IO_WORKERS = 16
 DEFAULT_MAX_INFLIGHT = 64
-IO_MODES = ("threads", "sync")
+IO_MODES = ("uring", "threads", "sync")
 
 
 def max_pfns(max_transfer_bytes: int) -> int:
@@ -425,7 +428,8 @@ class CStorage:
         s.nluns = len(units)
         s.max_transfer_bytes = vsp.max_transfer_bytes
         s.version = version
-        s.io_workers = vsp.io_workers if vsp.io == "threads" else 0
+        s.io_workers = vsp.io_workers if vsp.io != "sync" else 0
+        s.io_backend = lib.HVR_IO_URING if vsp.io == "uring" else lib.HVR_IO_THREADS
         s.max_inflight = vsp.max_inflight
         rc = lib.hvr_storage_init(s)
         if rc != 0:
@@ -445,8 +449,10 @@ class CStorage:
 
     @property
     def io_mode(self) -> str:
-        """The I/O mode running: "threads" or "sync" (no pool: not asked for, or no threads)."""
-        return "threads" if self._s.io_mode == self._lib.HVR_IO_THREADS else "sync"
+        """The I/O mode running: "uring", "threads" (asked for, or io_uring unavailable) or
+        "sync" (asked for, or no threads either)."""
+        return {self._lib.HVR_IO_URING: "uring",
+                self._lib.HVR_IO_THREADS: "threads"}.get(self._s.io_mode, "sync")
 
     @property
     def stats(self) -> dict[str, int]:
@@ -481,8 +487,9 @@ class StorvscVsp(Vsp):
     LUN i is disks[i]). The VSP does not own the disks: close them after the partition.
 
     ``plane``: "c" (default; the C data plane after the handshake) or "python". ``io`` (C plane):
-    "threads" (default: up to ``max_inflight`` requests in flight on ``io_workers`` threads) or
-    "sync" (one at a time on the plane thread).
+    "uring" (default: up to ``max_inflight`` requests in flight through io_uring; "threads"
+    where it is unavailable), "threads" (the same on ``io_workers`` threads) or "sync" (one at a
+    time on the plane thread).
     """
 
     class_id = w.HV_SCSI_GUID
@@ -491,12 +498,12 @@ class StorvscVsp(Vsp):
 
     def __init__(self, disks, plane: str = "c", instance_id: uuid.UUID | None = None,
                  max_transfer_bytes: int = DEFAULT_MAX_TRANSFER, spin_us: int = 50,
-                 io: str = "threads", io_workers: int = DEFAULT_IO_WORKERS,
+                 io: str = "uring", io_workers: int = DEFAULT_IO_WORKERS,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT):
         if plane not in ("c", "python"):
             raise ValueError(f"storvsc plane must be c or python, not {plane!r}")
         if io not in IO_MODES:
-            raise ValueError(f"storvsc io must be threads or sync, not {io!r}")
+            raise ValueError(f"storvsc io must be uring, threads or sync, not {io!r}")
         if not 1 <= io_workers <= 64 or not 1 <= max_inflight <= 256:
             raise ValueError("storvsc io_workers must be 1..64 and max_inflight 1..256")
         disks = list(disks) if isinstance(disks, (list, tuple)) else [disks]
