@@ -61,8 +61,9 @@ class BusDevice(Protocol):
 
     ``offset`` is relative to the base the device was inserted at; ``len(data)`` is the access
     size (1, 2, 4 or 8 for single accesses) and ``offset + len(data)`` never exceeds the length
-    the device was inserted with. ``data`` is usually a view into the vCPU's ``kvm_run`` page:
-    copy what you need and keep no reference to it after returning (the exit loop releases it).
+    the device was inserted with. A write's ``data`` is bytes (or, for string I/O, a view); a
+    read's ``data`` is a view into the vCPU's ``kvm_run`` page: fill it, and keep no reference to
+    it after returning (the exit loop reuses it for later exits, or releases it).
     """
 
     def read(self, offset: int, data: memoryview) -> None:
