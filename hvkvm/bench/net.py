@@ -204,7 +204,8 @@ print(json.dumps({"n": n, "bytes": b}))
 
 SINK_STOP = r"""
 import socket, sys
-socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"SINK-STOP", ("127.0.0.1", int(sys.argv[1])))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"SINK-STOP", ("127.0.0.1", int(sys.argv[1])))
 """
 
 STOP = r"""

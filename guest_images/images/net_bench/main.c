@@ -95,12 +95,14 @@ int hv_main(void)
 	fmt_milli(fmbps, sizeof(fmbps), fmbps_milli);
 	netdev_counters(nd, &c);
 	hv_snprintf(line, sizeof(line),
-		    "{\"bench\": \"net_tx\", \"dev\": \"%s\", \"ring\": %llu, \"size\": %u, \"rate\": %llu, \"seconds\": %llu, "
+		    "{\"bench\": \"net_tx\", \"dev\": \"%s\", \"ring\": %llu, \"size\": %u, "
+		    "\"rate\": %llu, \"seconds\": %llu, "
 		    "\"packets\": %llu, \"bytes\": %llu, \"elapsed_us\": %llu, \"pps\": %llu, "
 		    "\"mbps\": %s, \"frame_mbps\": %s, \"busy\": %llu, \"late\": %llu, "
 		    "\"kicks\": %llu, \"tx_completions\": %llu, \"no_section\": %llu, "
 		    "\"ring_full\": %llu}",
-		    nd->name, (unsigned long long)ring, r->size, (unsigned long long)r->rate, (unsigned long long)r->seconds,
+		    nd->name, (unsigned long long)ring, r->size, (unsigned long long)r->rate,
+		    (unsigned long long)r->seconds,
 		    (unsigned long long)r->sent, (unsigned long long)r->bytes,
 		    (unsigned long long)us, (unsigned long long)pps, mbps, fmbps,
 		    (unsigned long long)r->busy, (unsigned long long)r->late,
