@@ -26,6 +26,12 @@
 #define SCRATCH_SIZE (8u + 16u * HVR_MAX_UNMAP_DESCRIPTORS + 64u)
 #define DIRECT_ALIGN 512u
 #define PHYSICAL_BLOCK_EXP 3u
+/*
+ * Page-cache transfers up to this size are copied inline on the ring thread (RWF_NOWAIT); larger
+ * ones go to the pool (io_uring: IOSQE_ASYNC, an io-wq worker), so several large copies run on
+ * several CPUs instead of one after another on the ring thread.
+ */
+#define INLINE_MAX (64u << 10)
 
 /* SCSI status, sense keys, operation codes */
 #define GOOD 0x00
@@ -708,6 +714,8 @@ static uint32_t cmd_rw(struct hvr_storage *s, const struct hvr_storage_lun *u, i
 			return defer(s, u, write ? IO_WRITE : IO_READ, b, (uint32_t)nbytes, off,
 				     fua);
 		n = disk_io(s, u, write, b, (uint32_t)nbytes, off);
+	} else if (nbytes > INLINE_MAX) {
+		return defer(s, u, write ? IO_WRITE : IO_READ, b, (uint32_t)nbytes, off, fua);
 	} else {
 		n = rw_inline(s, u, write, b, (uint32_t)nbytes, off);
 		if (n == -EAGAIN)
@@ -1203,6 +1211,10 @@ static void uring_queue(struct hvr_uring *u, struct io_slot *q)
 	memset(sqe, 0, sizeof(*sqe));
 	sqe->fd = q->u->fd;
 	sqe->user_data = (uint64_t)(uintptr_t)q;
+	/* Page-cache I/O would be copied inside io_uring_enter on the ring thread: make it an
+	 * io-wq worker's (O_DIRECT is asynchronous in the block layer already). */
+	if (!(q->u->flags & HVR_LUN_DIRECT))
+		sqe->flags |= IOSQE_ASYNC;
 	if (q->kind == IO_SYNC) {
 		sqe->opcode = IORING_OP_FSYNC;
 		sqe->fsync_flags = IORING_FSYNC_DATASYNC;
