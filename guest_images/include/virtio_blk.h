@@ -26,7 +26,8 @@
  *      a full fence, then a QueueNotify write (a 32-bit store of queue index 0) only when
  *      vring_need_event(avail_event, new, old) says so (EVENT_IDX) or the device has not set
  *      VRING_USED_F_NO_NOTIFY. Completions: used ring entries with a known, busy head; the
- *      status byte (OK, IOERR, UNSUPP) and the used length (data + 1 for reads) are checked.
+ *      status byte (OK, IOERR, UNSUPP) and the used length (1 up to the device-writable bytes
+ *      posted, else BLK_EPROTO; exactly data + 1 for a successful read) are checked.
  *   4. Interrupts: polling (ring 3, or ring 0 with poll) keeps them off: used_event half the
  *      index space past the last completion taken, rewritten at every reap (EVENT_IDX; "just
  *      behind" would race with the device deciding about the entry just taken), or
@@ -86,6 +87,7 @@ struct virtio_blk_slot {
 	void *buf;
 	uint32_t len;
 	uint32_t blocks;
+	uint32_t writable;          /* device-writable bytes posted (data for reads, the status) */
 	uint8_t op, busy, ndesc, reserved;
 	uint16_t desc[3];
 };

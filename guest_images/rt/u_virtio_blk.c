@@ -74,6 +74,7 @@ int virtio_blk_submit_raw(struct virtio_blk_dev *d, uint32_t type, uint64_t sect
 	s->lba = sector;
 	s->buf = buf;
 	s->len = len;
+	s->writable = (device_writes ? len : 0) + 1; /* the status byte */
 	s->blocks = len / BLK_SECTOR;
 	s->op = type == VIRTIO_BLK_T_IN ? BLK_OP_READ : type == VIRTIO_BLK_T_OUT ? BLK_OP_WRITE :
 		type == VIRTIO_BLK_T_FLUSH ? BLK_OP_FLUSH : 0;
@@ -131,7 +132,9 @@ static void complete_one(struct virtio_blk_dev *d, uint16_t id, uint32_t used_le
 	c->dev_status = st;
 	c->dev_status2 = 0;
 	c->raw = NULL;
-	if (st == VIRTIO_BLK_S_OK)
+	if (used_len == 0 || used_len > s->writable)
+		c->status = BLK_EPROTO; /* claims bytes it could not have written (or not the status) */
+	else if (st == VIRTIO_BLK_S_OK)
 		c->status = s->op == BLK_OP_READ && used_len != s->len + 1 ? BLK_EPROTO : BLK_OK;
 	else if (st == VIRTIO_BLK_S_IOERR)
 		c->status = BLK_EIO;
