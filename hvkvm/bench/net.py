@@ -670,9 +670,11 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
         paths.append({"name": p.name, "title": p.title, "runner": p.runner, "keys": p.keys,
                       "available": why is None,
                       "reason": None if why is None else f"unavailable: {why}"})
+    q = qemu.describe()
+    q["virtio_net"] = " ".join(qemu.net_args("TAP", GUEST_MAC))    # exactly what the rows ran
     section = {"paths": paths, "sizes": list(SIZES), "echo": [], "oneway": [],
-               "qemu": qemu.describe(), "client": "python3 UDP socket in the namespace, one "
-                                                  "datagram in flight"}
+               "qemu": q, "client": "python3 UDP socket in the namespace, one datagram in "
+                                    "flight"}
     why = unavailable()
     if why:
         section["unavailable"] = why
