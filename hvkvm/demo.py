@@ -33,6 +33,10 @@ import sys
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .vsp.netns import NetNamespace
 
 MiB = 1 << 20
 
@@ -64,45 +68,6 @@ def network_skip_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (Debian package {pkg})"
     return None
-
-
-class NetNamespace:
-    """A network namespace created for the demo (``ip netns add``) with ``lo`` up and IPv6 off
-    (no router solicitations on the TAP). :meth:`close` deletes it (idempotent)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self._created = False
-        r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise OSError(f"cannot create network namespace {name}: {r.stderr.strip()}")
-        self._created = True
-        try:
-            for cmd in (["ip", "-n", name, "link", "set", "lo", "up"],
-                        ["ip", "netns", "exec", name, "sh", "-c",
-                         "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
-                         "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"]):
-                subprocess.run(cmd, capture_output=True, check=True)
-        except BaseException:
-            self.close()
-            raise
-
-    def socket(self, *args) -> socket.socket:
-        """A socket created inside the namespace (it stays there whichever thread uses it)."""
-        from .vsp.netvsc import _in_netns
-        return _in_netns(self.name, lambda: socket.socket(*args))
-
-    def close(self) -> None:
-        """Delete the namespace (and whatever is left in it)."""
-        if self._created:
-            self._created = False
-            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
-
-    def __enter__(self) -> "NetNamespace":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class Demo:
@@ -230,6 +195,7 @@ class Demo:
         return EXIT_FAILED
 
     def _setup_network(self, st: contextlib.ExitStack):
+        from .vsp.netns import NetNamespace
         from .vsp.netvsc import NetvscVsp, TapDevice
         self.ns = st.enter_context(NetNamespace(f"hvkvm-demo-{os.getpid()}"))
         tap = st.enter_context(TapDevice(TAP_NAME, netns=self.ns.name))

@@ -9,7 +9,6 @@ devices are created inside them and get addresses only there.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import socket
@@ -24,6 +23,7 @@ import pytest
 from fakeguest import wait_for
 from fakenetvsc import SEND_GPA, Responder, eth_frame, open_netvsc
 from hvkvm.vsp import netvsc as nv
+from hvkvm.vsp.netns import ip as _ip
 from hvkvm.vsp import netvsc_wire as nw
 from hvkvm.vsp.netvsc import NetError, NetvscVsp, TapDevice
 from storvsc_guest import PlanePartition
@@ -32,7 +32,6 @@ MAC = bytes.fromhex("00155d0a0b0c")
 GUEST_IP = "10.77.0.2"
 HOST_IP = "10.77.0.1"
 TAP = "hvt0"
-_ns_counter = itertools.count()
 
 
 @pytest.fixture(params=["c", "python"])
@@ -109,33 +108,7 @@ def make_nic(part):
 # Network namespaces (traffic only there)
 # ------------------------------------------------------------------------------------------
 
-def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-@pytest.fixture
-def netns():
-    """A fresh network namespace, deleted afterwards. Skips without iproute2 or the right to
-    create namespaces (needs root / CAP_SYS_ADMIN + CAP_NET_ADMIN)."""
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (ip) is not installed")
-    name = f"hvkvm-{os.getpid()}-{next(_ns_counter)}"
-    r = _ip("netns", "add", name, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    try:
-        def quiet():   # no IPv6 chatter (router solicitations, MLD) on the test's devices
-            for key in ("all", "default"):
-                with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
-                    f.write("1")
-        try:
-            nv._in_netns(name, quiet)
-        except OSError:
-            pass
-        _ip("-n", name, "link", "set", "lo", "up")
-        yield name
-    finally:
-        _ip("netns", "del", name, check=False)
+# the ``netns`` fixture (a fresh namespace, deleted afterwards) comes from conftest.py
 
 
 def tap_in(ns: str, name: str = TAP, address: str | None = HOST_IP) -> TapDevice:

@@ -17,11 +17,8 @@ SYNC values net_echo reports (PROTOCOL.md, "Command line"):
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -31,6 +28,7 @@ import pytest
 from hvkvm import images
 from hvkvm.partition.config import PartitionConfig
 from hvkvm.vsp import netvsc as nv
+from hvkvm.vsp.netns import ip as _ip
 from hvkvm.vsp.netvsc import NetvscVsp, TapDevice
 
 kvm = pytest.mark.kvm
@@ -40,37 +38,6 @@ HOST_IP = "10.81.0.1"
 TAP = "hvg0"
 GUEST_MAC = bytes.fromhex("00155d81a0b2")
 NVSP_6_1, NDIS_6_30 = 0x60001, 0x6001E
-_ns_counter = itertools.count()
-
-
-def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-@pytest.fixture
-def netns():
-    """A fresh network namespace with IPv6 off (no router solicitations or MLD on the TAP),
-    deleted afterwards. Skips without iproute2 or the right to create namespaces."""
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (ip) is not installed")
-    name = f"hvkvm-g{os.getpid()}-{next(_ns_counter)}"
-    r = _ip("netns", "add", name, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    try:
-        def quiet():
-            for key in ("all", "default"):
-                with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
-                    f.write("1")
-        try:
-            nv._in_netns(name, quiet)
-        except OSError:
-            pass
-        _ip("-n", name, "link", "set", "lo", "up")
-        yield name
-    finally:
-        _ip("netns", "del", name, check=False)
-
 
 @pytest.fixture(scope="module")
 def image():

@@ -20,7 +20,6 @@ used index more than a queue ahead stops the guest with an ASSERT, not a wild re
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import re
@@ -36,6 +35,7 @@ import pytest
 from hvkvm import images
 from hvkvm.bench import qemu
 from hvkvm.vsp import netvsc as nv
+from hvkvm.vsp.netns import ip as _ip
 
 QEMU = shutil.which("qemu-system-x86_64")
 TAP = "hvv0"
@@ -52,38 +52,13 @@ def qemu_test(fn):
                                                  "(Debian: apt-get install qemu-system-x86)")(fn)
     return pytest.mark.qemu(fn)
 
-_counter = itertools.count()
-
-
-def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
 @pytest.fixture
-def netns():
-    """A fresh namespace (IPv6 off: no chatter) with a TAP at HOST_IP/24; deleted afterwards."""
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (ip) is not installed")
-    name = f"hvkvm-vn{os.getpid()}-{next(_counter)}"
-    r = _ip("netns", "add", name, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    try:
-        def quiet():
-            for key in ("all", "default"):
-                with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
-                    f.write("1")
-        try:
-            nv._in_netns(name, quiet)
-        except OSError:
-            pass
-        _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", name, "tuntap", "add", "dev", TAP, "mode", "tap")
-        _ip("-n", name, "addr", "add", f"{HOST_IP}/24", "dev", TAP)
-        _ip("-n", name, "link", "set", TAP, "up")
-        yield name
-    finally:
-        _ip("netns", "del", name, check=False)
+def netns(netns):
+    """conftest's fresh namespace, with a TAP at HOST_IP/24 in it."""
+    _ip("-n", netns, "tuntap", "add", "dev", TAP, "mode", "tap")
+    _ip("-n", netns, "addr", "add", f"{HOST_IP}/24", "dev", TAP)
+    _ip("-n", netns, "link", "set", TAP, "up")
+    return netns
 
 
 class Guest:

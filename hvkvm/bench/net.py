@@ -224,23 +224,9 @@ class Namespace:
     """A network namespace of this suite (IPv6 off, lo up); deleted by :meth:`close`."""
 
     def __init__(self):
-        if shutil.which("ip") is None:
-            raise RuntimeError("iproute2 (ip) is not installed")
-        self.name = f"hvkvm-b{os.getpid()}"
-        r = _ip("netns", "add", self.name, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"cannot create a network namespace: {r.stderr.strip()}")
-        from ..vsp import netvsc as nv
-
-        def quiet():
-            for key in ("all", "default"):
-                with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
-                    f.write("1")
-        try:
-            nv._in_netns(self.name, quiet)
-        except OSError:
-            pass
-        _ip("-n", self.name, "link", "set", "lo", "up")
+        from ..vsp.netns import NetNamespace
+        self._ns = NetNamespace(f"hvkvm-b{os.getpid()}")
+        self.name = self._ns.name
 
     def popen(self, script: str, *args: str, stdin=None) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", script,
@@ -252,7 +238,8 @@ class Namespace:
                                *args], capture_output=True, text=True, timeout=timeout)
 
     def close(self) -> None:
-        _ip("netns", "del", self.name, check=False)
+        """Delete the namespace (idempotent)."""
+        self._ns.close()
 
 
 def unavailable() -> str | None:
