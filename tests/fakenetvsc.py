@@ -429,7 +429,8 @@ def open_netvsc(part, vsps, ring_pages: int = 24, recv_pages: int = 256, send_pa
 # A tiny IP responder for end-to-end tests
 # ============================================================================================
 
-def _csum(data: bytes) -> int:
+def csum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``: 0 over a header that carries a right one."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -474,7 +475,7 @@ class Responder:
         def ip_reply(proto_, body):
             hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64,
                                         proto_, 0, d_ip, s_ip))
-            hdr[10:12] = struct.pack("!H", _csum(bytes(hdr)))
+            hdr[10:12] = struct.pack("!H", csum(bytes(hdr)))
             return src + self.mac + b"\x08\x00" + bytes(hdr) + body
 
         if proto == 1 and payload and payload[0] == 8:
@@ -482,7 +483,7 @@ class Responder:
             body = bytearray(payload)
             body[0] = 0
             body[2:4] = b"\0\0"
-            body[2:4] = struct.pack("!H", _csum(bytes(body)))
+            body[2:4] = struct.pack("!H", csum(bytes(body)))
             return [ip_reply(1, bytes(body))]
         if proto == 17 and len(payload) >= 8:
             sport, dport, ulen = struct.unpack("!HHH", payload[:6])
@@ -492,7 +493,7 @@ class Responder:
             data = payload[8:ulen]
             udp = struct.pack("!HHHH", 7, sport, 8 + len(data), 0) + data
             pseudo = d_ip + s_ip + struct.pack("!BBH", 0, 17, len(udp))
-            c = _csum(pseudo + udp) or 0xFFFF
+            c = csum(pseudo + udp) or 0xFFFF
             udp = udp[:6] + struct.pack("!H", c) + udp[8:]
             return [ip_reply(17, udp)]
         return []

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fakenetvsc import csum
 from hvkvm import images
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
@@ -229,15 +230,6 @@ VERDICT = {"OK": 0, "RUNT": -1, "NOT_US": -2, "ETHERTYPE": -3, "ARP": -4, "IP_HD
 
 def ip4(s: str) -> int:
     return int(ipaddress.IPv4Address(s))
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def eth(payload: bytes, dst: bytes = OUR_MAC, src: bytes = PEER_MAC, etype: int = 0x0800) -> bytes:
