@@ -199,3 +199,21 @@ class FakeGuest:
             return signals[offer.connection_id]
         ch = self.p.vmbus.channels.channels[offer.child_relid]
         return ch.transport.eventfd
+
+
+def serve_and_open(part, vsps, if_type, ring_pages: int = RING_PAGES):
+    """A VMBus server on ``part`` offering ``vsps``, a fake guest connected and every offered
+    channel (each must be of class ``if_type``, a UUID) opened: (server, guest, [GuestChannel
+    ...]) in offer order."""
+    from hvkvm.vmbus.server import VmbusServer
+    server = VmbusServer(part)
+    for v in vsps:
+        server.add_vsp(v)
+    guest = FakeGuest(part)
+    offers = guest.connect()
+    assert len(offers) == len(vsps)
+    channels = []
+    for offer in offers:
+        assert offer.offer.if_type.to_uuid() == if_type
+        channels.append(guest.open(offer, ring_pages=ring_pages))
+    return server, guest, channels

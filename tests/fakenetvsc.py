@@ -12,10 +12,9 @@ from __future__ import annotations
 import struct
 import time
 
-from fakeguest import FakeGuest, wait_for
+from fakeguest import FakeGuest, serve_and_open, wait_for
 from hvkvm.vmbus import wire as w
 from hvkvm.vmbus.ring import VM_PKT_COMP, VM_PKT_DATA_USING_XFER_PAGES
-from hvkvm.vmbus.server import VmbusServer
 from hvkvm.vsp import netvsc_wire as nw
 
 PAGE = 4096
@@ -411,18 +410,8 @@ class NetGuest:
 def open_netvsc(part, vsps, ring_pages: int = 24, recv_pages: int = 256, send_pages: int = 64):
     """A VMBus server on ``part`` offering ``vsps``, a fake guest connected, each netvsc channel
     opened: (server, [NetGuest ...]) in offer order."""
-    server = VmbusServer(part)
-    for v in vsps:
-        server.add_vsp(v)
-    guest = FakeGuest(part)
-    offers = guest.connect()
-    assert len(offers) == len(vsps)
-    out = []
-    for offer in offers:
-        assert offer.offer.if_type.to_uuid() == w.HV_NIC_GUID
-        ch = guest.open(offer, ring_pages=ring_pages)
-        out.append(NetGuest(part, guest, ch, recv_pages, send_pages))
-    return server, out
+    server, guest, channels = serve_and_open(part, vsps, w.HV_NIC_GUID, ring_pages)
+    return server, [NetGuest(part, guest, ch, recv_pages, send_pages) for ch in channels]
 
 
 # ============================================================================================

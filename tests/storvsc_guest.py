@@ -11,10 +11,9 @@ from __future__ import annotations
 import ctypes
 import struct
 
-from fakeguest import FakeGuest, FakePartition, wait_for
+from fakeguest import FakeGuest, FakePartition, serve_and_open, wait_for
 from hvkvm.vmbus import wire as w
 from hvkvm.vmbus.ring import VM_PKT_COMP
-from hvkvm.vmbus.server import VmbusServer
 from hvkvm.vsp import scsi
 from hvkvm.vsp import storvsc_wire as sw
 
@@ -297,18 +296,9 @@ class StorGuest:
 def open_storvsc(part, vsps, ring_pages: int = 8):
     """A VMBus server on ``part`` offering ``vsps``, a fake guest connected, every storvsc
     channel opened: (server, [StorGuest ...]) in offer order."""
-    server = VmbusServer(part)
-    for v in vsps:
-        server.add_vsp(v)
-    guest = FakeGuest(part)
-    offers = guest.connect()
-    assert len(offers) == len(vsps)
-    out = []
-    for i, offer in enumerate(offers):
-        assert offer.offer.if_type.to_uuid() == w.HV_SCSI_GUID
-        ch = guest.open(offer, ring_pages=ring_pages)
-        out.append(StorGuest(part, guest, ch, DATA_GPA + i * (4 << 20)))
-    return server, out
+    server, guest, channels = serve_and_open(part, vsps, w.HV_SCSI_GUID, ring_pages)
+    return server, [StorGuest(part, guest, ch, DATA_GPA + i * (4 << 20))
+                    for i, ch in enumerate(channels)]
 
 
 def plane_of(vsp, sg: StorGuest):
