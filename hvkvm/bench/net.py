@@ -310,6 +310,39 @@ def _partition(ns: Namespace, path: NetPath, image: str, cmdline: str, on_sync):
 
 # -- echo ---------------------------------------------------------------------------------------
 
+def _echo_client(ns: Namespace, count: int, warm: int, snap: Callable[[], dict],
+                 counts: Callable[[dict, dict, dict], dict]) -> list[dict]:
+    """ECHO_CLIENT in the namespace against a running net_echo guest, every size in turn: a row
+    per size, ``counts(a, b, result)`` added, where ``a`` and ``b`` are ``snap()`` taken just
+    before and after the client's timed round trips (so the counters cover only those)."""
+    rows = []
+    cl = ns.popen(ECHO_CLIENT, GUEST_IP, ",".join(map(str, SIZES)), str(count), str(warm),
+                  stdin=subprocess.PIPE)
+    try:
+        for _ in SIZES:
+            line = json.loads(cl.stdout.readline() or "{}")
+            if "ready" not in line:
+                raise RuntimeError(f"echo client: {line} {cl.stderr.read()[-300:]}")
+            a = snap()
+            cl.stdin.write("\n")
+            cl.stdin.flush()
+            res = json.loads(cl.stdout.readline() or "{}")
+            b = snap()
+            cl.stdin.write("\n")
+            cl.stdin.flush()
+            if "size" not in res:
+                raise RuntimeError(f"echo client: {res}")
+            row = _echo_row(res)
+            row.update(counts(a, b, res))
+            rows.append(row)
+        cl.wait(30)
+    finally:
+        if cl.poll() is None:
+            cl.kill()
+            cl.wait()
+    return rows
+
+
 def run_echo(ns: Namespace, path: NetPath, ring: int, count: int, warm: int) -> list[dict]:
     """One net_echo partition; the client runs every size. Returns a row per size."""
     if path.runner == "qemu":
@@ -321,31 +354,12 @@ def run_echo(ns: Namespace, path: NetPath, ring: int, count: int, warm: int) -> 
         try:
             started.wait(120)
             win = state["win"]
-            cl = ns.popen(ECHO_CLIENT, GUEST_IP, ",".join(map(str, SIZES)), str(count), str(warm),
-                          stdin=subprocess.PIPE)
-            try:
-                for _ in SIZES:
-                    line = json.loads(cl.stdout.readline() or "{}")
-                    if "ready" not in line:
-                        raise RuntimeError(f"echo client: {line} {cl.stderr.read()[-300:]}")
-                    a = win.snap()
-                    cl.stdin.write("\n")
-                    cl.stdin.flush()
-                    res = json.loads(cl.stdout.readline() or "{}")
-                    b = win.snap()
-                    cl.stdin.write("\n")
-                    cl.stdin.flush()
-                    if "size" not in res:
-                        raise RuntimeError(f"echo client: {res}")
-                    row = _echo_row(res)
-                    # a round trip is two packets (in and out); counts are per round trip
-                    row.update({k.replace("_per_packet", "_per_echo"): v for k, v in
-                                _Window.per_packet(a, b, res["n"]).items()})
-                    state["rows"].append(row)
-                cl.wait(30)
-            finally:
-                if cl.poll() is None:
-                    cl.kill()
+
+            def counts(a, b, res):
+                # a round trip is two packets (in and out); counts are per round trip
+                return {k.replace("_per_packet", "_per_echo"): v
+                        for k, v in _Window.per_packet(a, b, res["n"]).items()}
+            state["rows"] = _echo_client(ns, count, warm, win.snap, counts)
         except BaseException as e:  # noqa: BLE001 - reported after the run
             state["error"] = e
         finally:
@@ -495,36 +509,17 @@ def _run_echo_qemu(ns: Namespace, path: NetPath, ring: int, count: int, warm: in
     rows: list[dict] = []
     try:
         q.up.wait(120)
-        cl = ns.popen(ECHO_CLIENT, GUEST_IP, ",".join(map(str, SIZES)), str(count), str(warm),
-                      stdin=subprocess.PIPE)
-        try:
-            for _ in SIZES:
-                line = json.loads(cl.stdout.readline() or "{}")
-                if "ready" not in line:
-                    raise RuntimeError(f"echo client: {line} {cl.stderr.read()[-300:]}")
-                a = q.cpu()
-                cl.stdin.write("\n")
-                cl.stdin.flush()
-                res = json.loads(cl.stdout.readline() or "{}")
-                b = q.cpu()
-                cl.stdin.write("\n")
-                cl.stdin.flush()
-                if "size" not in res:
-                    raise RuntimeError(f"echo client: {res}")
-                row = _echo_row(res)
-                g0, g1 = res.get("guest_before"), res.get("guest_after")
-                have = bool(g0 and g1)
-                row.update(_qemu_counts(
-                    a, b, res["n"], kicks=g1["kicks"] - g0["kicks"] if have else None,
-                    interrupts=g1["interrupts"] - g0["interrupts"] if have else None,
-                    unit="echo"))
-                row["counters"] = "guest driver (kicks, interrupts), QEMU process CPU"
-                rows.append(row)
-            cl.wait(30)
-        finally:
-            if cl.poll() is None:
-                cl.kill()
-                cl.wait()
+
+        def counts(a, b, res):
+            g0, g1 = res.get("guest_before"), res.get("guest_after")
+            have = bool(g0 and g1)
+            out = _qemu_counts(a, b, res["n"],
+                               kicks=g1["kicks"] - g0["kicks"] if have else None,
+                               interrupts=g1["interrupts"] - g0["interrupts"] if have else None,
+                               unit="echo")
+            out["counters"] = "guest driver (kicks, interrupts), QEMU process CPU"
+            return out
+        rows = _echo_client(ns, count, warm, q.cpu, counts)
     finally:
         ns.python(STOP, GUEST_IP, timeout=30)
         rc = q.finish(60)
