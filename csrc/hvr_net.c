@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096u
@@ -1074,85 +1073,17 @@ static int link_check(struct hvr_plane *p, struct hvr_net *n)
 
 /* ---- the thread --------------------------------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void drain_fd(int fd)
-{
-	uint64_t v;
-
-	while (read(fd, &v, sizeof(v)) == sizeof(v))
-		;
-}
-
-/* Serve up to a batch of guest packets (hvr_plane's drain, without its commits). */
-static int drain_guest(struct hvr_plane *p, int *ring_wait)
-{
-	struct hvr_pkt pkt;
-	int n = 0, rc;
-
-	*ring_wait = 0;
-	while (n < BATCH) {
-		rc = hvr_in_peek(&p->in, &pkt);
-		if (rc == HVR_EMPTY)
-			break;
-		if (rc < 0)
-			return rc;
-		rc = hvr_net_handler(p, &pkt);
-		if (rc == HVR_FULL) {
-			p->stats.full_waits++;
-			rc = hvr_out_request_space(&p->out, p->need);
-			if (rc == 1)
-				continue;
-			if (rc < 0)
-				return rc;
-			*ring_wait = 1;
-			break;
-		}
-		if (rc < 0)
-			return rc;
-		rc = hvr_in_read(&p->in, &pkt);
-		if (rc < 0)
-			return rc;
-		p->stats.packets++;
-		p->stats.bytes += (uint64_t)(pkt.len8 - pkt.offset8) * 8u;
-		n++;
-	}
-	return n;
-}
-
-static int commit_both(struct hvr_plane *p)
-{
-	int sig = hvr_out_commit(&p->out);
-
-	if (sig < 0)
-		return sig;
-	if (sig)
-		hvr_plane_signal_guest(p);
-	sig = hvr_in_commit(&p->in);
-	if (sig < 0)
-		return sig;
-	if (sig)
-		hvr_plane_signal_guest(p);
-	return 0;
-}
-
 static void *net_main(void *arg)
 {
 	struct hvr_plane *p = arg;
 	struct hvr_net *n = p->ctx;
-	uint64_t idle_since = now_ns();
+	uint64_t idle_since = hvr_plane_now_ns();
 	struct pollfd fds[3];
-	int g, t, l, rc, ring_wait, nfds;
+	int g, t, l, rc, nfds;
 
 	hvr_in_set_interrupt_mask(&p->in, 1);
 	while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
-		g = drain_guest(p, &ring_wait);
+		g = hvr_plane_serve(p);
 		if (g < 0) {
 			p->error = g;
 			break;
@@ -1167,17 +1098,17 @@ static void *net_main(void *arg)
 			p->error = t;
 			break;
 		}
-		rc = commit_both(p);
+		rc = hvr_plane_commit(p);
 		if (rc < 0) {
 			p->error = rc;
 			break;
 		}
 		if (g > 0 || t > 0 || l > 0) {
 			p->stats.batches++;
-			idle_since = now_ns();
+			idle_since = hvr_plane_now_ns();
 			continue;
 		}
-		if (now_ns() - idle_since < (uint64_t)p->spin_us * 1000u) {
+		if (hvr_plane_now_ns() - idle_since < (uint64_t)p->spin_us * 1000u) {
 			__builtin_ia32_pause();
 			continue;
 		}
@@ -1205,13 +1136,12 @@ static void *net_main(void *arg)
 				break;
 			}
 			if (fds[0].revents & POLLIN) {
-				drain_fd(p->kick_fd);
+				hvr_plane_drain_eventfd(p->kick_fd);
 				p->stats.kicks++;
 			}
 		}
-		(void)ring_wait;
 		hvr_in_set_interrupt_mask(&p->in, 1);
-		idle_since = now_ns();
+		idle_since = hvr_plane_now_ns();
 	}
 	if (p->error == HVR_EBROKEN)
 		p->broken = p->in.r.broken ? p->in.r.broken : p->out.r.broken;

@@ -17,7 +17,7 @@
  * cache lines the guest polls quiet, as Linux's hv_pkt_iter does. */
 #define HVR_PLANE_BATCH 64
 
-static uint64_t now_ns(void)
+uint64_t hvr_plane_now_ns(void)
 {
 	struct timespec ts;
 
@@ -30,7 +30,7 @@ static void cpu_relax(void)
 	__builtin_ia32_pause();
 }
 
-static void drain_eventfd(int fd)
+void hvr_plane_drain_eventfd(int fd)
 {
 	uint64_t v;
 
@@ -82,11 +82,10 @@ int hvr_plane_init(struct hvr_plane *p, struct hv_ring_buffer *in_hdr, uint32_t 
 	return HVR_OK;
 }
 
-/* Handle up to a batch of packets. Returns how many, or a negative error (plane stops). */
-static int drain(struct hvr_plane *p)
+int hvr_plane_serve(struct hvr_plane *p)
 {
 	struct hvr_pkt pkt;
-	int n = 0, rc, sig;
+	int n = 0, rc;
 
 	p->blocked = 0;
 	while (n < HVR_PLANE_BATCH) {
@@ -121,7 +120,13 @@ static int drain(struct hvr_plane *p)
 		p->stats.bytes += (uint64_t)(pkt.len8 - pkt.offset8) * 8u;
 		n++;
 	}
-	sig = hvr_out_commit(&p->out);
+	return n;
+}
+
+int hvr_plane_commit(struct hvr_plane *p)
+{
+	int sig = hvr_out_commit(&p->out);
+
 	if (sig < 0)
 		return sig;
 	if (sig)
@@ -131,6 +136,19 @@ static int drain(struct hvr_plane *p)
 		return sig;
 	if (sig)
 		hvr_plane_signal_guest(p);
+	return 0;
+}
+
+/* One pass: serve a batch, then publish it. Returns how many, or a negative error (plane stops). */
+static int drain(struct hvr_plane *p)
+{
+	int n = hvr_plane_serve(p), rc;
+
+	if (n < 0)
+		return n;
+	rc = hvr_plane_commit(p);
+	if (rc < 0)
+		return rc;
 	if (n)
 		p->stats.batches++;
 	return n;
@@ -139,7 +157,7 @@ static int drain(struct hvr_plane *p)
 static void *plane_main(void *arg)
 {
 	struct hvr_plane *p = arg;
-	uint64_t idle_since = now_ns();
+	uint64_t idle_since = hvr_plane_now_ns();
 	struct pollfd fds[3];
 	int n, r, nfds;
 
@@ -158,10 +176,10 @@ static void *plane_main(void *arg)
 			break;
 		}
 		if (n > 0 || r > 0) {
-			idle_since = now_ns();
+			idle_since = hvr_plane_now_ns();
 			continue;
 		}
-		if (now_ns() - idle_since < (uint64_t)p->spin_us * 1000u) {
+		if (hvr_plane_now_ns() - idle_since < (uint64_t)p->spin_us * 1000u) {
 			cpu_relax();
 			continue;
 		}
@@ -180,8 +198,8 @@ static void *plane_main(void *arg)
 			/* Drained before reap() looks: a completion queued after this read
 			 * writes the eventfd again, so none is left unseen. */
 			if (fds[0].revents & POLLIN)
-				drain_eventfd(p->wake_fd);
-			idle_since = now_ns();
+				hvr_plane_drain_eventfd(p->wake_fd);
+			idle_since = hvr_plane_now_ns();
 			continue;
 		}
 		/* Idle: unmask, then look once more (hvr_in_unmask fences between the two), so a
@@ -209,14 +227,14 @@ static void *plane_main(void *arg)
 				break;
 			}
 			if (fds[0].revents & POLLIN) {
-				drain_eventfd(p->kick_fd);
+				hvr_plane_drain_eventfd(p->kick_fd);
 				p->stats.kicks++;
 			}
 			if (nfds == 3 && (fds[2].revents & POLLIN))
-				drain_eventfd(p->wake_fd);
+				hvr_plane_drain_eventfd(p->wake_fd);
 		}
 		hvr_in_set_interrupt_mask(&p->in, 1);
-		idle_since = now_ns();
+		idle_since = hvr_plane_now_ns();
 	}
 	if (p->error == HVR_EBROKEN)
 		p->broken = p->in.r.broken ? p->in.r.broken : p->out.r.broken;

@@ -104,6 +104,24 @@ void hvr_plane_stop(struct hvr_plane *p);
 /* Raise the channel's interrupt in the guest (event flag, then the irqfd). */
 void hvr_plane_signal_guest(struct hvr_plane *p);
 
+/*
+ * The plane's steps, for a channel thread of its own (hvr_net.c's also serves a TAP):
+ *   hvr_plane_serve   hand up to a batch of the guest's packets to p->handler, consuming each
+ *                     it takes; stops early on a full receive ring (pending_send_sz set) or
+ *                     HVR_PLANE_RETRY (p->blocked). Indices are not published. Returns how many,
+ *                     or a negative error that stops the plane.
+ *   hvr_plane_commit  publish both rings' indices and interrupt the guest where the ring
+ *                     protocol asks for it. 0 or a negative error.
+ */
+int hvr_plane_serve(struct hvr_plane *p);
+int hvr_plane_commit(struct hvr_plane *p);
+
+/* CLOCK_MONOTONIC in ns (idle spinning). */
+uint64_t hvr_plane_now_ns(void);
+
+/* Read a nonblocking eventfd until it is empty. */
+void hvr_plane_drain_eventfd(int fd);
+
 /* trans_id bit the echo device treats as "one way": consumed, not answered (throughput runs). */
 #define HVR_ECHO_ONE_WAY (1ull << 63)
 

@@ -157,7 +157,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				stopped = 1;
 				break;
 			}
-			rc = commit_both(&g.p);
+			rc = hvr_plane_commit(&g.p);
 			stopped = rc < 0;
 			check_host_packets(&g, &n, tids, &ntids);
 			break;
@@ -165,7 +165,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 4:
 			n.link_up = fz_u8(&fi) & 1;
 			rc = link_check(&g.p, &n);
-			stopped = rc < 0 || commit_both(&g.p) < 0;
+			stopped = rc < 0 || hvr_plane_commit(&g.p) < 0;
 			check_host_packets(&g, &n, tids, &ntids);
 			break;
 		case 5: { /* the guest completes a receive transfer (or forges one) */
