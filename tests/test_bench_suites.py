@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -266,3 +267,25 @@ def test_goals_state_missed_by_how_much():
     assert gs["storage.c_2x_qemu_iops_4k_qd32.tmpfs"]["met"] is None
     text = report.format_goals(list(gs.values()))
     assert "[MISSED]" in text and "[MET]" in text and "[NOT MEASURED]" in text
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_bench_images_declare_the_devices_their_rows_pick_and_a_bad_elf_is_refused(tmp_path):
+    """A row's guest driver is known from the built image (HV_ARG_VALUES, section .hvkvm.args),
+    never from the image's source text."""
+    from hvkvm.bench import common, net, storage
+    from hvkvm.images import image_path
+    assert common.elf_arg_values(image_path("disk_bench")) == {
+        "dev": ["storvsc", "virtio", "ata", "mmio"]}
+    for image in ("net_echo", "net_bench"):
+        assert common.elf_arg_values(image_path(image)) == {"dev": ["netvsc", "virtio"]}
+    assert common.elf_arg_values(image_path("hello")) == {}
+    assert storage.disk_bench_knows("mmio") and not storage.disk_bench_knows("nvme")
+    assert not common.image_accepts("net_echo", "dev", "e1000")
+    assert all(p.unavailable() is None or "driver" not in p.unavailable()
+               for p in net.PATHS + storage.PATHS)
+    cut = tmp_path / "cut.elf"
+    whole = image_path("net_echo").read_bytes()
+    cut.write_bytes(whole[:len(whole) // 2])       # the section header table is at the end
+    with pytest.raises(ValueError):
+        common.elf_arg_values(cut)

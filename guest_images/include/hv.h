@@ -128,6 +128,13 @@ bool hv_arg_is(const char *key, const char *value);
 uint64_t hv_arg_u64(const char *key, uint64_t def);
 /* Parse a number like hv_arg_u64 does; false if `s` is not one. */
 bool hv_parse_u64(const char *s, uint64_t *out);
+/* At file scope: HV_ARG_VALUES("dev", "netvsc virtio") declares the values an image accepts
+ * for a key. The string "dev=netvsc virtio" goes into the ELF section .hvkvm.args, which is not
+ * loaded (no "a" flag), so the host (hvkvm bench: which rows can run) reads what a built image
+ * supports from the image itself. Put it next to the check that enforces the same values. */
+#define HV_ARG_VALUES(key, values) \
+	__asm__(".pushsection .hvkvm.args,\"\",@progbits\n\t.asciz \"" key "=" values \
+		"\"\n\t.popsection")
 
 /* ------------------------------------------------------------------------------------------ */
 /* Boot information (copied from hvm_start_info at boot; readable from any ring). */

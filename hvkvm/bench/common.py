@@ -15,6 +15,7 @@ import platform
 import re
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -282,3 +283,50 @@ def cpu_delta(a: dict, b: dict) -> dict:
     out.update(vcpu=vcpu, vcpu_guest=vguest, other=other,
                host=other + max(0.0, vcpu - vguest))
     return out
+
+
+def elf_arg_values(path: str | Path) -> dict[str, list[str]]:
+    """The command-line values a guest image declares it accepts (``HV_ARG_VALUES`` in
+    guest_images/include/hv.h: "key=v1 v2" strings in its ELF section ``.hvkvm.args``), as
+    ``{key: [values]}``; {} when the section is absent. OSError/ValueError for a file that is not
+    a readable 64-bit little-endian ELF."""
+    data = Path(path).read_bytes()
+    if data[:6] != b"\x7fELF\x02\x01":
+        raise ValueError(f"{path}: not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def header(i: int) -> tuple[int, int, int]:   # (name offset, file offset, size)
+        name, _type, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", data,
+                                                                   shoff + i * shentsize)
+        return name, off, size
+
+    def contents(i: int) -> bytes:
+        _, off, size = header(i)
+        if off + size > len(data):     # a hostile or truncated file; .bss-like ones are not read
+            raise ValueError(f"{path}: section {i} runs past the end of the file")
+        return data[off:off + size]
+
+    if not shoff or shstrndx >= shnum or shoff + shnum * shentsize > len(data):
+        raise ValueError(f"{path}: no usable section header table")
+    names = contents(shstrndx)
+    out: dict[str, list[str]] = {}
+    for i in range(shnum):
+        name = header(i)[0]
+        if names[name:names.find(b"\0", name)] != b".hvkvm.args":
+            continue
+        for entry in contents(i).split(b"\0"):
+            key, eq, values = entry.decode(errors="replace").partition("=")
+            if eq:
+                out.setdefault(key, []).extend(values.split())
+    return out
+
+
+def image_accepts(image: str, key: str, value: str) -> bool:
+    """Whether built-in guest image ``image`` declares that it accepts ``key=value`` (see
+    :func:`elf_arg_values`); builds the image first if needed. False if it cannot be built."""
+    from ..images import ImageError, image_path
+    try:
+        return value in elf_arg_values(image_path(image)).get(key, [])
+    except (ImageError, OSError, ValueError):
+        return False

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .common import cpu_delta, cpu_times, measure, progress, summarize, table
+from .common import cpu_delta, cpu_times, image_accepts, measure, progress, summarize, table
 
 GUEST_IP = "10.83.0.2"
 HOST_IP = "10.83.0.1"
@@ -72,24 +72,14 @@ class NetPath:
         """Why this path cannot run here (None: it can)."""
         if self.module and importlib.util.find_spec(self.module) is None:
             return f"{self.module.replace('.', '/')}.py is not in the tree yet"
-        if self.guest_key and not guest_knows("net_echo", self.guest_key):
+        if self.guest_key and not all(image_accepts(i, "dev", self.guest_key)
+                                      for i in ("net_echo", "net_bench")):
             return (f"needs a guest {self.guest_key}-net driver (net_echo/net_bench "
                     f"dev={self.guest_key})")
         if self.runner == "qemu":
             from . import qemu
             return qemu.unavailable()
         return None if self.build else "no build function in hvkvm/bench/net.py PATHS"
-
-
-def guest_knows(image: str, value: str) -> bool:
-    """Whether an image's sources handle ``dev=value``."""
-    from ..images import guest_images_dir
-    src = guest_images_dir() / "images" / image
-    try:
-        text = "".join(p.read_text(errors="replace") for p in sorted(src.glob("*.[ch]")))
-    except OSError:
-        return False
-    return '"dev"' in text and f'"{value}"' in text
 
 
 def _netvsc(plane: str):

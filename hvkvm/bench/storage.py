@@ -95,14 +95,9 @@ class StoragePath:
 
 
 def disk_bench_knows(value: str) -> bool:
-    """Whether the disk_bench guest image's sources handle ``dev=value``."""
-    from ..images import guest_images_dir
-    src = guest_images_dir() / "images" / "disk_bench"
-    try:
-        text = "".join(p.read_text(errors="replace") for p in sorted(src.glob("*.[ch]")))
-    except OSError:
-        return False
-    return '"dev"' in text and f'"{value}"' in text
+    """Whether the disk_bench guest image declares that it handles ``dev=value``."""
+    from .common import image_accepts
+    return image_accepts("disk_bench", "dev", value)
 
 
 def _storvsc_options() -> dict:

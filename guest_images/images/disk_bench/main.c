@@ -28,11 +28,13 @@
  */
 #include "bench.h"
 
+/* what hvkvm bench reads from the image: the same devices as devs[] in hv_main */
+HV_ARG_VALUES("dev", "storvsc virtio ata mmio");
+
 int hv_main(void)
 {
 	struct bench_run *b = &bench_user_run;
 	struct blkdev *d = &bench_dev;
-	/* the devices disk_bench drives (hvkvm bench's disk_bench_knows() looks for them here) */
 	static const char *const devs[] = { "storvsc", "virtio", "ata", "mmio" };
 	char mode[16] = "randread", dev[16] = "storvsc";
 	struct blk_options o;

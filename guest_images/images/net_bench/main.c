@@ -26,6 +26,9 @@ static void fmt_milli(char *out, size_t n, uint64_t milli)
 		    (unsigned long long)(milli % 1000));
 }
 
+/* what hvkvm bench reads from the image: the devices hv_main accepts */
+HV_ARG_VALUES("dev", "netvsc virtio");
+
 int hv_main(void)
 {
 	struct netvsc_config cfg;

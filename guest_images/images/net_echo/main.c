@@ -31,6 +31,9 @@ static uint64_t stack_drops(const struct net_stats *s)
 	       s->icmp_bad + s->udp_bad + s->udp_bad_csum + s->udp_no_port + s->no_addr;
 }
 
+/* what hvkvm bench reads from the image: the devices hv_main accepts */
+HV_ARG_VALUES("dev", "netvsc virtio");
+
 int hv_main(void)
 {
 	struct netvsc_config cfg;
