@@ -508,42 +508,36 @@ int storvsc_wait(struct storvsc_dev *d, struct storvsc_completion *c, unsigned m
 	}
 }
 
-int storvsc_exec_cdb(struct storvsc_dev *d, const uint8_t *cdb, uint32_t cdb_len,
-		     enum storvsc_dir dir, void *buf, uint32_t len, struct storvsc_completion *c)
+/* The rest of a synchronous command once `rc` = its submit's result: wait for its completion
+ * (the only one in flight, which the callers check first) and return its status. */
+static int exec_wait(struct storvsc_dev *d, int rc, struct storvsc_completion *c)
 {
 	struct storvsc_completion local;
-	int rc;
 
-	if (!c)
-		c = &local;
-	if (d->inflight)
-		return STORVSC_EINVAL;
-	rc = storvsc_submit_cdb(d, cdb, cdb_len, dir, buf, len, 0);
 	if (rc < 0)
 		return rc;
+	if (!c)
+		c = &local;
 	rc = storvsc_wait(d, c, 1);
 	if (rc < 0)
 		return rc;
 	return rc == 1 ? c->status : STORVSC_EPROTO;
 }
 
+int storvsc_exec_cdb(struct storvsc_dev *d, const uint8_t *cdb, uint32_t cdb_len,
+		     enum storvsc_dir dir, void *buf, uint32_t len, struct storvsc_completion *c)
+{
+	if (d->inflight)
+		return STORVSC_EINVAL;
+	return exec_wait(d, storvsc_submit_cdb(d, cdb, cdb_len, dir, buf, len, 0), c);
+}
+
 static int exec_op(struct storvsc_dev *d, enum storvsc_op op, uint64_t lba, uint32_t blocks,
 		   void *buf, struct storvsc_completion *c)
 {
-	struct storvsc_completion local;
-	int rc;
-
-	if (!c)
-		c = &local;
 	if (d->inflight)
 		return STORVSC_EINVAL;
-	rc = storvsc_submit(d, op, lba, blocks, buf, 0, 0);
-	if (rc < 0)
-		return rc;
-	rc = storvsc_wait(d, c, 1);
-	if (rc < 0)
-		return rc;
-	return rc == 1 ? c->status : STORVSC_EPROTO;
+	return exec_wait(d, storvsc_submit(d, op, lba, blocks, buf, 0, 0), c);
 }
 
 int storvsc_read(struct storvsc_dev *d, uint64_t lba, uint32_t blocks, void *buf,
