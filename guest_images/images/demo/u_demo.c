@@ -107,33 +107,42 @@ static void disk_fill(uint64_t *w, uint64_t off, uint32_t bytes, uint64_t seed)
 		w[k] = disk_word(seed, off + 8ULL * k);
 }
 
+/* One synchronous request of the pattern pass (a chunk read or written, or the flush); a
+ * failure leaves its status and completion in k->error and k->failed for the host's report. */
+static int disk_request(struct demo_disk *k, enum storvsc_op op, uint64_t lba, uint32_t n)
+{
+	int rc;
+
+	memset(&k->failed, 0, sizeof(k->failed));
+	if (op == STORVSC_OP_WRITE)
+		rc = storvsc_write(k->dev, lba, n, k->buf, &k->failed);
+	else if (op == STORVSC_OP_READ)
+		rc = storvsc_read(k->dev, lba, n, k->buf, &k->failed);
+	else
+		rc = storvsc_flush(k->dev, &k->failed);
+	if (rc)
+		k->error = rc;
+	return rc;
+}
+
 int demo_disk_write_task(void *arg)
 {
 	struct demo_disk *k = arg;
 	struct storvsc_dev *d = k->dev;
 	uint32_t per = DEMO_DISK_CHUNK / d->block_size;
 	uint64_t t0 = demo_rdtsc();
-	int rc;
 
 	for (uint64_t lba = 0; lba < k->blocks; lba += per) {
 		uint32_t n = k->blocks - lba < per ? (uint32_t)(k->blocks - lba) : per;
 
 		disk_fill((uint64_t *)(void *)k->buf, lba * d->block_size, n * d->block_size,
 			  k->seed);
-		memset(&k->failed, 0, sizeof(k->failed));
-		rc = storvsc_write(d, lba, n, k->buf, &k->failed);
-		if (rc) {
-			k->error = rc;
+		if (disk_request(k, STORVSC_OP_WRITE, lba, n))
 			return -1;
-		}
 		k->writes++;
 	}
-	memset(&k->failed, 0, sizeof(k->failed));
-	rc = storvsc_flush(d, &k->failed);
-	if (rc) {
-		k->error = rc;
+	if (disk_request(k, STORVSC_OP_FLUSH, 0, 0))
 		return -1;
-	}
 	k->flushes++;
 	k->write_cycles = demo_rdtsc() - t0;
 	return 0;
@@ -145,19 +154,14 @@ int demo_disk_check_task(void *arg)
 	struct storvsc_dev *d = k->dev;
 	uint32_t per = DEMO_DISK_CHUNK / d->block_size;
 	uint64_t t0 = demo_rdtsc();
-	int rc;
 
 	for (uint64_t lba = 0; lba < k->blocks; lba += per) {
 		uint32_t n = k->blocks - lba < per ? (uint32_t)(k->blocks - lba) : per;
 		const uint64_t *w = (const uint64_t *)(const void *)k->buf;
 		uint64_t base = lba * d->block_size;
 
-		memset(&k->failed, 0, sizeof(k->failed));
-		rc = storvsc_read(d, lba, n, k->buf, &k->failed);
-		if (rc) {
-			k->error = rc;
+		if (disk_request(k, STORVSC_OP_READ, lba, n))
 			return -1;
-		}
 		k->reads++;
 		for (uint32_t i = 0; i < n * d->block_size / 8; i++) {
 			uint64_t want = disk_word(k->seed, base + 8ULL * i);
