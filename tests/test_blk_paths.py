@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import time
@@ -31,12 +30,12 @@ from hvkvm.vsp import ata as ata_mod
 from hvkvm.vsp import mmioblk as mmio_mod
 from hvkvm.vsp import virtio_blk as vb
 from hvkvm.vsp.disk import Disk, create_disk
+from qemu_marks import QEMU, qemu_test
 
 kvm = pytest.mark.kvm
 
 KiB, MiB = 1 << 10, 1 << 20
 SECTOR = 512
-QEMU = shutil.which("qemu-system-x86_64")
 
 
 # -- a partition without KVM -----------------------------------------------------------------
@@ -1025,15 +1024,6 @@ def run_qemu(image: str, append: str, disk: str, machine: str | None = None) -> 
         cmd[cmd.index("microvm,acpi=off")] = machine
     res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
     return res.returncode, res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace")
-
-
-def qemu_test(fn):
-    """Marks of a QEMU test: ``qemu``, and skipped without QEMU or a usable /dev/kvm."""
-    fn = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
-                            reason="/dev/kvm is not usable (QEMU's peer runs with KVM)")(fn)
-    fn = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
-                                                 "(Debian: apt-get install qemu-system-x86)")(fn)
-    return pytest.mark.qemu(fn)
 
 
 def _qemu_json(out: str) -> dict:

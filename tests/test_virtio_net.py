@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -36,21 +35,12 @@ from hvkvm import images
 from hvkvm.bench import qemu
 from hvkvm.vsp import netvsc as nv
 from hvkvm.vsp.netns import ip as _ip
+from qemu_marks import qemu_test
 
-QEMU = shutil.which("qemu-system-x86_64")
 TAP = "hvv0"
 GUEST_IP, HOST_IP = "10.84.0.2", "10.84.0.1"
 GUEST_MAC = bytes.fromhex("02aa00840002")
 
-
-
-def qemu_test(fn):
-    """Marks of a QEMU test: ``qemu``, skipped without QEMU or a usable /dev/kvm."""
-    fn = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
-                            reason="/dev/kvm is not usable (QEMU's peer runs with KVM)")(fn)
-    fn = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
-                                                 "(Debian: apt-get install qemu-system-x86)")(fn)
-    return pytest.mark.qemu(fn)
 
 @pytest.fixture
 def netns(netns):
