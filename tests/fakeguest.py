@@ -153,6 +153,24 @@ class FakeGuest:
         assert struct.unpack_from("<I", msgs[-1])[0] == w.CHANNELMSG_ALLOFFERS_DELIVERED
         return [w.vmbus_channel_offer_channel.from_buffer_copy(r) for r in msgs[:-1]]
 
+    def post_gpadl(self, relid: int, handle: int, gpa: int, pages: int) -> None:
+        """GPADL_HEADER (and GPADL_BODY messages as needed) sharing ``pages`` pages at ``gpa``
+        as GPADL ``handle``, one range; the caller reads the answer."""
+        pfns = [gpa // 4096 + i for i in range(pages)]
+        hdr = w.vmbus_channel_gpadl_header()
+        hdr.header.msgtype = w.CHANNELMSG_GPADL_HEADER
+        hdr.child_relid, hdr.gpadl = relid, handle
+        hdr.range_buflen, hdr.rangecount = 8 + 8 * pages, 1
+        first, rest = pfns[:26], pfns[26:]   # 20-byte header + 8-byte range + 26 PFNs = 236
+        self.post(bytes(hdr) + struct.pack("<II", pages * 4096, 0) +
+                  struct.pack(f"<{len(first)}Q", *first))
+        while rest:
+            chunk, rest = rest[:28], rest[28:]
+            body = w.vmbus_channel_gpadl_body()
+            body.header.msgtype = w.CHANNELMSG_GPADL_BODY
+            body.gpadl = handle
+            self.post(bytes(body) + struct.pack(f"<{len(chunk)}Q", *chunk))
+
     def open(self, offer, ring_pages: int = RING_PAGES, userdata: bytes = b"") -> GuestChannel:
         """GPADL for the rings, OPENCHANNEL; returns the guest's ends of the channel."""
         gpadl = self.next_gpadl
@@ -161,19 +179,7 @@ class FakeGuest:
         self.next_ring_gpa += ring_pages * 4096
         pfns = [ring_gpa // 4096 + i for i in range(ring_pages)]
         self.p.memory.fill(ring_gpa, ring_pages * 4096)
-        hdr = w.vmbus_channel_gpadl_header()
-        hdr.header.msgtype = w.CHANNELMSG_GPADL_HEADER
-        hdr.child_relid, hdr.gpadl = offer.child_relid, gpadl
-        hdr.range_buflen, hdr.rangecount = 8 + 8 * ring_pages, 1
-        first, rest = pfns[:26], pfns[26:]   # 20-byte header + 8-byte range + 26 PFNs = 236
-        self.post(bytes(hdr) + struct.pack("<II", ring_pages * 4096, 0) +
-                  struct.pack(f"<{len(first)}Q", *first))
-        while rest:
-            chunk, rest = rest[:28], rest[28:]
-            body = w.vmbus_channel_gpadl_body()
-            body.header.msgtype = w.CHANNELMSG_GPADL_BODY
-            body.gpadl = gpadl
-            self.post(bytes(body) + struct.pack(f"<{len(chunk)}Q", *chunk))
+        self.post_gpadl(offer.child_relid, gpadl, ring_gpa, ring_pages)
         (created,) = self.receive_all()
         assert w.vmbus_channel_gpadl_created.from_buffer_copy(created).creation_status == 0
         op = w.vmbus_channel_open_channel()

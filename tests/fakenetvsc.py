@@ -29,20 +29,7 @@ def gpadl(guest: FakeGuest, relid: int, gpa: int, pages: int, handle: int | None
     if handle is None:
         handle = guest.next_gpadl
         guest.next_gpadl += 1
-    pfns = [gpa // PAGE + i for i in range(pages)]
-    hdr = w.vmbus_channel_gpadl_header()
-    hdr.header.msgtype = w.CHANNELMSG_GPADL_HEADER
-    hdr.child_relid, hdr.gpadl = relid, handle
-    hdr.range_buflen, hdr.rangecount = 8 + 8 * pages, 1
-    first, rest = pfns[:26], pfns[26:]
-    guest.post(bytes(hdr) + struct.pack("<II", pages * PAGE, 0) +
-               struct.pack(f"<{len(first)}Q", *first))
-    while rest:
-        chunk, rest = rest[:28], rest[28:]
-        body = w.vmbus_channel_gpadl_body()
-        body.header.msgtype = w.CHANNELMSG_GPADL_BODY
-        body.gpadl = handle
-        guest.post(bytes(body) + struct.pack(f"<{len(chunk)}Q", *chunk))
+    guest.post_gpadl(relid, handle, gpa, pages)
     msgs = guest.receive_all()
     created = [w.vmbus_channel_gpadl_created.from_buffer_copy(m) for m in msgs
                if struct.unpack_from("<I", m)[0] == w.CHANNELMSG_GPADL_CREATED]
