@@ -78,6 +78,19 @@ if ! nm -D "$src"/hvkvm/vmbus/_hvring*.so | grep __asan_init >/dev/null; then
     exit 1
 fi
 
+# The virtio-blk C plane (ctypes, built into the cache on first use) instrumented the same way:
+# HVKVM_SANITIZE=1 stays set for the tests so hvkvm.vsp.virtio_blk picks the sanitized build.
+export HVKVM_SANITIZE=1
+vblk_so=$("$PYTHON" -c 'from hvkvm.vsp import virtio_blk; print(virtio_blk.plane_path())') || {
+    echo "sanitize: building the sanitized virtio-blk C plane failed" >&2
+    exit 1
+}
+if ! nm -D "$vblk_so" | grep __asan_init >/dev/null; then
+    echo "sanitize: the virtio-blk C plane $vblk_so is not instrumented (no __asan_init)" >&2
+    exit 1
+fi
+echo "sanitize: virtio-blk plane $vblk_so"
+
 # Guest images first, without the sanitizer runtime in gcc.
 "$PYTHON" - <<'EOF'
 from hvkvm import images

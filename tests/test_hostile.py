@@ -650,3 +650,21 @@ def test_netvsc_buffer_torn_down_but_never_revoked_is_let_go_at_close(make_parti
                 if int.from_bytes(m[:4], "little") == w.CHANNELMSG_GPADL_TORNDOWN]
     assert len(torndown) == 1
     assert held[0].handle not in cs.channels[relid].gpadls and held[0].users == 0
+
+
+# ---- virtio-blk ---------------------------------------------------------------------------------
+
+def test_virtio_blk_plane_sanitized_build_is_instrumented_and_cached_apart(monkeypatch):
+    """HVKVM_SANITIZE=1 builds the ctypes C plane with ASan + UBSan into its own cache file, so
+    ``ci/sanitize.sh`` covers csrc/hvr_virtio_blk.c and a plain run never loads that build."""
+    import subprocess
+    from hvkvm.vsp import virtio_blk
+    monkeypatch.delenv("HVKVM_SANITIZE", raising=False)
+    plain = virtio_blk.plane_path()
+    monkeypatch.setenv("HVKVM_SANITIZE", "1")
+    sanitized = virtio_blk.plane_path()
+    assert plain != sanitized
+    syms = subprocess.run(["nm", "-D", str(sanitized)], capture_output=True, text=True).stdout
+    assert "__asan_init" in syms and "__ubsan_handle" in syms
+    plain_syms = subprocess.run(["nm", "-D", str(plain)], capture_output=True, text=True).stdout
+    assert "__asan_init" not in plain_syms

@@ -162,6 +162,8 @@ class Stats(ctypes.Structure):
 
 _SOURCE = Path(__file__).resolve().parent.parent.parent / "csrc" / "hvr_virtio_blk.c"
 _CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-fPIC", "-shared", "-pthread"]
+#: Same instrumentation as the cffi extension (hvkvm/vmbus/_ring_build.py) under HVKVM_SANITIZE=1.
+_SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
 _lib = None
 _lib_lock = threading.Lock()
 
@@ -174,34 +176,53 @@ def _gcc_version() -> str:
         return "?"
 
 
+def _cflags() -> list[str]:
+    """gcc flags for the C plane; ``HVKVM_SANITIZE=1`` adds ASan + UBSan (libasan must then be
+    preloaded into the interpreter, as ``ci/sanitize.sh`` does)."""
+    if os.environ.get("HVKVM_SANITIZE") == "1":
+        return [*_CFLAGS, *_SANITIZE_FLAGS]
+    return list(_CFLAGS)
+
+
+def plane_path(cflags: list[str] | None = None) -> Path:
+    """The cached shared object of ``csrc/hvr_virtio_blk.c`` for ``cflags`` (default: ``_cflags()``),
+    compiled first when missing.
+
+    The cache key covers the source, every gcc flag and gcc's version, so a sanitized and a plain
+    build never share a file."""
+    from ..images import cache_dir
+    cflags = _cflags() if cflags is None else list(cflags)
+    try:
+        src = _SOURCE.read_bytes()
+    except OSError as e:
+        raise VirtioBlkError(f"virtio-blk C plane source {_SOURCE}: {e.strerror}") from None
+    key = hashlib.sha256(src + " ".join(cflags).encode() +
+                         _gcc_version().encode()).hexdigest()[:20]
+    out_dir = Path(cache_dir()).parent / "native"
+    so = out_dir / f"hvr_virtio_blk-{key}.so"
+    if not so.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".hvr_virtio_blk-{key}.{os.getpid()}.so"
+        try:
+            res = subprocess.run(["gcc", *cflags, "-o", str(tmp), str(_SOURCE)],
+                                 capture_output=True, text=True, timeout=120)
+        except OSError as e:
+            raise VirtioBlkError(f"cannot run gcc for the virtio-blk C plane: {e}") from None
+        if res.returncode != 0:
+            first = next((ln for ln in res.stderr.splitlines() if "error" in ln),
+                         res.stderr.strip()[:200])
+            raise VirtioBlkError(f"cannot build the virtio-blk C plane: {first}")
+        os.replace(tmp, so)
+    return so
+
+
 def load_plane():
     """The ctypes library of ``csrc/hvr_virtio_blk.c``, compiled first when needed."""
     global _lib
     with _lib_lock:
         if _lib is not None:
             return _lib
-        from ..images import cache_dir
-        try:
-            src = _SOURCE.read_bytes()
-        except OSError as e:
-            raise VirtioBlkError(f"virtio-blk C plane source {_SOURCE}: {e.strerror}") from None
-        key = hashlib.sha256(src + " ".join(_CFLAGS).encode() +
-                             _gcc_version().encode()).hexdigest()[:20]
-        out_dir = Path(cache_dir()).parent / "native"
-        so = out_dir / f"hvr_virtio_blk-{key}.so"
-        if not so.is_file():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = out_dir / f".hvr_virtio_blk-{key}.{os.getpid()}.so"
-            try:
-                res = subprocess.run(["gcc", *_CFLAGS, "-o", str(tmp), str(_SOURCE)],
-                                     capture_output=True, text=True, timeout=120)
-            except OSError as e:
-                raise VirtioBlkError(f"cannot run gcc for the virtio-blk C plane: {e}") from None
-            if res.returncode != 0:
-                first = next((ln for ln in res.stderr.splitlines() if "error" in ln),
-                             res.stderr.strip()[:200])
-                raise VirtioBlkError(f"cannot build the virtio-blk C plane: {first}")
-            os.replace(tmp, so)
+        so = plane_path()
         lib = ctypes.CDLL(str(so))
         P, u32, u64, vp = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p
         for name, res_t, args in (
