@@ -668,3 +668,101 @@ def test_virtio_blk_plane_sanitized_build_is_instrumented_and_cached_apart(monke
     assert "__asan_init" in syms and "__ubsan_handle" in syms
     plain_syms = subprocess.run(["nm", "-D", str(plain)], capture_output=True, text=True).stdout
     assert "__asan_init" not in plain_syms
+
+
+def run_vblk(make_partition, image, attack, disk):
+    """hostile_dev against a virtio-blk disk (C plane) plus the echo bystander; the device's
+    broken reason is captured at each per-case SYNC 0x102 (before the guest resets it)."""
+    from hvkvm.vsp import virtio_blk as vb
+    cfgkw, keys = vb.devices_for(disk, "c")
+    dev = cfgkw["devices"][0].device
+    syncs: dict = {}
+    cases: dict = {}
+
+    def on_sync(_vcpu, uc):
+        syncs[uc.args[0]] = tuple(uc.args[1:])
+        if uc.args[0] == 0x102:
+            cases[uc.args[1]] = (tuple(uc.args[2:]), dev.broken())
+
+    cfg = PartitionConfig(image=image, cmdline=f"hostile attack={attack} {' '.join(keys)}",
+                          vsps=[EchoVsp(plane="c")], timeout=120, on_sync=on_sync, **cfgkw)
+    p = make_partition(cfg)
+    r = p.run()
+    p.close()
+    return r, syncs, cases, dev.last_stats
+
+
+COMPLETED, NEEDS_RESET = 1, 2
+VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR = 0, 1
+#: hostile_dev's vblk_requests cases, in order: (name, outcome, status byte or broken reason).
+VBLK_CASES = [
+    ("head_oob", NEEDS_RESET, "entry 500 is not below the queue size 16"),
+    ("next_oob", NEEDS_RESET, "next 999"),
+    ("loop", NEEDS_RESET, "a loop"),
+    ("past_ram", NEEDS_RESET, "is not inside guest RAM"),
+    ("wraps_2_64", NEEDS_RESET, "is not inside guest RAM"),
+    ("mmio", NEEDS_RESET, "is not inside guest RAM"),
+    ("huge_len", NEEDS_RESET, "is not inside guest RAM"),
+    ("indirect", NEEDS_RESET, "INDIRECT"),
+    ("zero_len_status", NEEDS_RESET, "length 0"),
+    ("status_readable", NEEDS_RESET, "no device-writable"),
+    ("readable_after_writable", NEEDS_RESET, "device-readable after"),
+    ("read_into_readable", COMPLETED, VIRTIO_BLK_S_OK),
+    ("write_from_writable", COMPLETED, VIRTIO_BLK_S_OK),
+    ("sector_at_end", COMPLETED, VIRTIO_BLK_S_IOERR),
+    ("sector_straddles_end", COMPLETED, VIRTIO_BLK_S_IOERR),
+    ("sector_wraps_2_64", COMPLETED, VIRTIO_BLK_S_IOERR),
+    ("avail_idx_jump", NEEDS_RESET, "moved by more than the queue size"),
+]
+
+
+def test_virtio_blk_bad_chains_need_reset_and_bad_sectors_get_ioerr(make_partition, dev_image,
+                                                                     hvkvm_disk):
+    """A guest's descriptor chains that name no descriptor, loop, point outside RAM (past its
+    end, wrapping 2^64, on the device's own MMIO page, 4 GiB long), ask for INDIRECT (not
+    offered), have a zero-length or read-only status or readable after writable, and an avail
+    index jumping 1000 ahead: each puts the device in DEVICE_NEEDS_RESET with its reason, nothing
+    completed; a reset brings it back (a good read after each). Buffers in the wrong direction
+    are neither read nor written (status OK, used length 1: the status byte); sectors at, across
+    or wrapping past the disk's end get IOERR. The disk and the VMBus bystander are untouched."""
+    from hvkvm.vsp.disk import Disk
+    path = hvkvm_disk("4M")
+    with open(path, "r+b") as f:
+        f.seek(7 * 512)
+        f.write(b"\x3c" * 512)
+    disk = Disk(path)
+    try:
+        r, syncs, cases, stats = run_vblk(make_partition, dev_image, "vblk_requests", disk)
+    finally:
+        disk.close()
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    assert syncs[SYNC_DONE][:2] == (len(VBLK_CASES),) * 2      # a good read after every case
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    for i, (name, outcome, want) in enumerate(VBLK_CASES):
+        (got, status, used_len, *_), broken = cases[i]
+        assert got == outcome, (name, got, broken)
+        if outcome == NEEDS_RESET:
+            assert broken is not None and want in broken, (name, broken)
+        else:
+            assert broken is None and (status, used_len) == (want, 1), (name, status, used_len)
+    assert stats["io_errors"] == 3
+    with open(path, "rb") as f:                 # the wrong-direction write wrote nothing
+        f.seek(7 * 512)
+        assert f.read(512) == b"\x3c" * 512
+
+
+def test_virtio_blk_queue_outside_ram_or_on_mmio_is_refused_before_driver_ok(make_partition,
+                                                                              dev_image,
+                                                                              hvkvm_disk):
+    """Descriptor table past the end of RAM, driver area on the device's MMIO page, device area
+    at 2^50, set by the guest before DRIVER_OK: QueueReady reads back 0, DRIVER_OK ends in
+    DEVICE_NEEDS_RESET (the data plane never starts); after a reset the device serves reads."""
+    r, syncs, cases, stats = run_vblk(make_partition, dev_image, "vblk_queue_outside_ram",
+                                      hvkvm_disk("4M"))
+    assert r.passed, f"{r.status}: {r.reason}\n" + "\n".join(r.logs[-30:])
+    assert syncs[SYNC_DONE][:2] == (3, 3)
+    assert syncs[SYNC_BYSTANDER][:2] == (8, 8)
+    for c in range(3):
+        (ready, status, *_), broken = cases[c]
+        assert ready == 0 and status & 64, (c, ready, status)        # DEVICE_NEEDS_RESET
+        assert broken is not None and "not inside guest RAM" in broken, (c, broken)

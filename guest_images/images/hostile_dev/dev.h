@@ -7,6 +7,7 @@
 #include "hostile.h"
 #include "netvsc.h"
 #include "storvsc.h"
+#include "virtio_blk.h"
 
 #define DEV_NET_RING_PAGES 16u
 #define HVR_NET_NO_SECTION_GUEST 0xffffffffu /* send_buf_section_index: not in a section */

@@ -1,7 +1,8 @@
 /*
- * hostile_dev - a guest that attacks the parent's storvsc and netvsc VSPs with requests that
- * disagree with themselves. Needs `hyperv`, a storvsc VSP (disk attacks), a netvsc VSP (network
- * attacks) and an echo VSP (the bystander: SYNC 0x1ff).
+ * hostile_dev - a guest that attacks the parent's storvsc and netvsc VSPs and its virtio-blk
+ * device with requests that disagree with themselves. Needs `hyperv`, a storvsc VSP (disk
+ * attacks), a netvsc VSP (network attacks) or a virtio-blk device (vblk_* attacks: `dev=virtio
+ * virtio_mmio.device=...`), and an echo VSP (the bystander: SYNC 0x1ff).
  *
  * Each attack opens its device with the guest's own VSC (handshake and probe as Linux does them),
  * then writes raw requests to the channel's rings and checks each answer against what the
@@ -655,11 +656,235 @@ static int net_recv_buffer_pulled(void)
 	return check_ncases(c, n) ? 1 : bystander();
 }
 
+/* ---- virtio-blk ------------------------------------------------------------------------------ */
+
+#define VB_QSIZE 16u
+#define VB_SYNC_CASE 0x102 /* (case, outcome, status byte, used length) */
+
+enum vb_outcome { VB_COMPLETED = 1, VB_NEEDS_RESET = 2, VB_NOTHING = 3 };
+
+static struct virtio_blk_dev vdisk;
+static uint8_t *vbuf; /* 8 KiB of DMA memory */
+
+static void vb_open(void)
+{
+	int rc = virtio_blk_open(&vdisk, 0, VB_QSIZE, false, false);
+
+	HV_ASSERT(rc == 0, "hostile_dev: virtio_blk_open: %d", rc);
+	if (!vbuf)
+		vbuf = storvsc_dma_alloc(8192);
+	HV_ASSERT(vbuf != NULL);
+}
+
+/* The device completed the request (its used index moved) or set DEVICE_NEEDS_RESET. */
+static enum vb_outcome vb_outcome(struct virtio_blk_dev *d, uint16_t used_before)
+{
+	uint64_t deadline = hv_time_us() + 3000000;
+
+	while (hv_time_us() < deadline) {
+		if (*(volatile uint16_t *)&d->q.used->idx != used_before)
+			return VB_COMPLETED;
+		if (virtio_blk_status(d) & VIRTIO_STATUS_NEEDS_RESET)
+			return VB_NEEDS_RESET;
+	}
+	return VB_NOTHING;
+}
+
+/* A good read of sector `lba` (the device works): 0, or what went wrong. */
+static int vb_good_read(uint64_t lba)
+{
+	struct blk_completion c;
+	int rc = virtio_blk_submit(&vdisk, BLK_OP_READ, lba, 1, vbuf, 0);
+
+	if (rc < 0)
+		return rc;
+	virtio_blk_kick(&vdisk);
+	rc = virtio_blk_wait(&vdisk, &c, 1);
+	if (rc != 1)
+		return rc < 0 ? rc : -100;
+	return c.status;
+}
+
+/* How one case breaks the request just submitted (descriptors `s`; not yet published). */
+enum vb_attack {
+	VB_HEAD_OOB, VB_NEXT_OOB, VB_LOOP, VB_PAST_RAM, VB_WRAPS, VB_MMIO, VB_HUGE_LEN, VB_INDIRECT,
+	VB_ZERO_LEN, VB_STATUS_READABLE, VB_READABLE_AFTER_WRITABLE, VB_READ_INTO_READABLE,
+	VB_WRITE_FROM_WRITABLE, VB_SECTOR_AT_END, VB_SECTOR_STRADDLES_END, VB_SECTOR_WRAPS,
+	VB_AVAIL_IDX_JUMP, VB_CASES
+};
+
+static int not_canary(const uint8_t *p, uint32_t n, uint8_t v);
+
+static int vb_case(enum vb_attack a, uint64_t ram_end)
+{
+	struct virtio_blk_dev *d = &vdisk;
+	struct virtq_desc *q = d->q.desc;
+	uint64_t sector = 7;
+	uint32_t type = VIRTIO_BLK_T_IN;
+	bool dev_writes = true;
+	uint16_t used_before = d->q.used->idx;
+	enum vb_outcome o;
+	int head;
+	uint16_t data, st;
+	uint8_t status;
+
+	if (a == VB_SECTOR_AT_END)
+		sector = d->capacity;
+	else if (a == VB_SECTOR_STRADDLES_END)
+		sector = d->capacity - 1;
+	else if (a == VB_SECTOR_WRAPS)
+		sector = ~0ull - 1;
+	else if (a == VB_WRITE_FROM_WRITABLE)
+		type = VIRTIO_BLK_T_OUT;
+	if (a == VB_READ_INTO_READABLE)
+		dev_writes = false;
+	memset(vbuf, 0xa5, 8192);
+	head = virtio_blk_submit_raw(d, type, sector, vbuf,
+				     a == VB_SECTOR_STRADDLES_END ? 1024 : 512,
+				     a == VB_WRITE_FROM_WRITABLE ? true : dev_writes, 0);
+	HV_ASSERT(head >= 0, "hostile_dev: virtio_blk_submit_raw: %d", head);
+	data = q[head].next;
+	st = q[data].next;
+	switch (a) {
+	case VB_HEAD_OOB: /* the avail entry names no descriptor */
+		d->q.avail->ring[(uint16_t)(d->q.avail_idx - 1) % d->q.size] = 500;
+		break;
+	case VB_NEXT_OOB:
+		q[data].next = 999;
+		break;
+	case VB_LOOP: /* the status descriptor chains to itself: longer than the queue */
+		q[st].flags |= VIRTQ_DESC_F_NEXT;
+		q[st].next = st;
+		break;
+	case VB_PAST_RAM:
+		q[data].addr = ram_end - 256;
+		break;
+	case VB_WRAPS:
+		q[data].addr = ~0ull - 255;
+		break;
+	case VB_MMIO: /* the device's own register window */
+		q[data].addr = d->m.base;
+		break;
+	case VB_HUGE_LEN:
+		q[data].len = 0xffffffffu;
+		break;
+	case VB_INDIRECT: /* a table past RAM; VIRTIO_F_INDIRECT_DESC is not offered */
+		q[data].flags |= 4u;
+		q[data].addr = ram_end + 4096;
+		break;
+	case VB_ZERO_LEN:
+		q[st].len = 0;
+		break;
+	case VB_STATUS_READABLE:
+		q[data].flags &= (uint16_t)~VIRTQ_DESC_F_WRITE;
+		q[st].flags &= (uint16_t)~VIRTQ_DESC_F_WRITE;
+		break;
+	case VB_READABLE_AFTER_WRITABLE:
+		q[st].flags &= (uint16_t)~VIRTQ_DESC_F_WRITE;
+		break;
+	default:
+		break;
+	}
+	if (a == VB_AVAIL_IDX_JUMP)
+		d->q.avail_idx += 1000;
+	virtio_blk_kick(d);
+	o = vb_outcome(d, used_before);
+	status = d->statuses[head];
+	hv_sync(VB_SYNC_CASE, a, o, status,
+		o == VB_COMPLETED ? d->q.used->ring[used_before % d->q.size].len : 0);
+	if (o == VB_COMPLETED) {
+		struct blk_completion c;
+
+		HV_ASSERT(virtio_blk_reap(d, &c, 1) == 1);
+		/* the device-readable buffer stays as the guest left it */
+		if ((a == VB_READ_INTO_READABLE || a == VB_WRITE_FROM_WRITABLE) &&
+		    not_canary(vbuf, 512, 0xa5))
+			return -1;
+	} else {
+		virtio_blk_close(d);
+		vb_open();
+	}
+	return vb_good_read(3);
+}
+
+/* Descriptor chains, avail indices and sectors a real driver never writes, one at a time on a
+ * 16-entry queue: each is either served with the status the spec names (IOERR past the disk's
+ * end) or puts the device in DEVICE_NEEDS_RESET (then the guest resets it); a good read
+ * follows every case. SYNC 0x102 per case (case, outcome: 1 completed 2 needs-reset 3 nothing,
+ * status byte, used length); SYNC 0x101 (cases whose good read after it worked, cases). */
+static int vblk_requests(void)
+{
+	uint64_t ram_end = ram_pages() * HVR_PAGE_SIZE;
+	unsigned ok = 0;
+
+	vb_open();
+	for (unsigned a = 0; a < VB_CASES; a++) {
+		int rc = vb_case((enum vb_attack)a, ram_end);
+
+		if (rc == 0)
+			ok++;
+		else
+			hv_log("virtio case %u: the good read after it: %d", a, rc);
+	}
+	hv_sync(0x101, ok, VB_CASES);
+	return ok == VB_CASES ? bystander() : 1;
+}
+
+/* The queue's areas outside RAM or on MMIO, set before DRIVER_OK: QueueReady reads back 0 and
+ * DRIVER_OK ends in DEVICE_NEEDS_RESET; a reset and a normal open then work.
+ * SYNC 0x102 per case (case, QueueReady read back, Status); SYNC 0x101 (good reads, cases). */
+static int vblk_queue_outside_ram(void)
+{
+	uint64_t ram_end = ram_pages() * HVR_PAGE_SIZE;
+	unsigned ok = 0;
+
+	vb_open();
+	for (unsigned c = 0; c < 3; c++) {
+		struct virtio_mmio *m = &vdisk.m;
+		uint64_t good = (uintptr_t)vdisk.q.desc;
+		uint64_t addr[3] = {good, (uintptr_t)vdisk.q.avail, (uintptr_t)vdisk.q.used};
+		uint32_t ready, status;
+
+		addr[c] = c == 0 ? ram_end - 64 : c == 1 ? m->base : 1ull << 50;
+		virtio_write32(m, VIRTIO_MMIO_STATUS, 0);
+		virtio_write32(m, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
+		virtio_write32(m, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
+		virtio_write32(m, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+		virtio_write32(m, VIRTIO_MMIO_DRIVER_FEATURES, 1); /* VERSION_1 */
+		virtio_write32(m, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+		virtio_write32(m, VIRTIO_MMIO_DRIVER_FEATURES, 0);
+		virtio_write32(m, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE |
+			       VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK);
+		virtio_write32(m, VIRTIO_MMIO_QUEUE_SEL, 0);
+		virtio_write32(m, VIRTIO_MMIO_QUEUE_NUM, VB_QSIZE);
+		for (unsigned k = 0; k < 3; k++) {
+			virtio_write32(m, VIRTIO_MMIO_QUEUE_DESC_LOW + 0x10 * k, (uint32_t)addr[k]);
+			virtio_write32(m, VIRTIO_MMIO_QUEUE_DESC_HIGH + 0x10 * k,
+				       (uint32_t)(addr[k] >> 32));
+		}
+		virtio_write32(m, VIRTIO_MMIO_QUEUE_READY, 1);
+		ready = virtio_read32(m, VIRTIO_MMIO_QUEUE_READY);
+		virtio_write32(m, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE |
+			       VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |
+			       VIRTIO_STATUS_DRIVER_OK);
+		status = virtio_read32(m, VIRTIO_MMIO_STATUS);
+		hv_sync(VB_SYNC_CASE, c, ready, status);
+		virtio_blk_close(&vdisk);
+		vb_open();
+		if (vb_good_read(3) == 0)
+			ok++;
+	}
+	hv_sync(0x101, ok, 3);
+	return ok == 3 ? bystander() : 1;
+}
+
 const struct hostile_attack hostile_attacks[] = {
 	{"stor_requests", stor_requests},
 	{"stor_sync_storm", stor_sync_storm},
 	{"stor_pfn_count_mismatch", stor_pfn_count_mismatch},
 	{"net_requests", net_requests},
 	{"net_recv_buffer_pulled", net_recv_buffer_pulled},
+	{"vblk_requests", vblk_requests},
+	{"vblk_queue_outside_ram", vblk_queue_outside_ram},
 	{NULL, NULL},
 };
