@@ -195,6 +195,15 @@ bool net_parse_ipv4(const char *s, uint32_t *ip);
 bool net_parse_cidr(const char *s, uint32_t *ip, unsigned *prefix, unsigned default_prefix);
 /* "a.b.c.d" into out (at least 16 bytes). */
 void net_format_ipv4(uint32_t ip, char *out);
+/* A MAC as one number, first byte highest (how SYNC values carry a MAC to the host). */
+static inline uint64_t net_mac_u64(const uint8_t *mac)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < NET_ETH_ALEN; i++)
+		v = v << 8 | mac[i];
+	return v;
+}
 /* Command-line helpers (hv_arg): `key=A.B.C.D[/N]`. false if absent or malformed. */
 bool net_arg_cidr(const char *key, uint32_t *ip, unsigned *prefix);
 bool net_arg_ipv4(const char *key, uint32_t *ip);

@@ -217,7 +217,6 @@ static void run_netvsc(uint32_t ip, unsigned prefix, uint64_t net_s)
 	struct netvsc_config cfg;
 	struct demo_net *n = &demo_net;
 	struct netvsc *nv = &demo_nv;
-	uint64_t mac64 = 0;
 	char ipbuf[16];
 	int rc;
 
@@ -246,14 +245,12 @@ static void run_netvsc(uint32_t ip, unsigned prefix, uint64_t net_s)
 	n->tick_cycles = nv->tsc_hz / 4;
 	n->deadline = demo_rdtsc() + nv->tsc_hz * net_s;
 	demo_net_bind(n);
-	for (int i = 0; i < NET_ETH_ALEN; i++)
-		mac64 = mac64 << 8 | nv->mac[i];
 	net_format_ipv4(ip, ipbuf);
 	hv_log("demo: netvsc: NIC up: MAC %02x:%02x:%02x:%02x:%02x:%02x, %s/%u, NVSP 0x%x, NDIS "
 	       "%u.%u; answering ARP, ping and UDP echo (port 7) from ring 3 until STOP (port 9)",
 	       nv->mac[0], nv->mac[1], nv->mac[2], nv->mac[3], nv->mac[4], nv->mac[5], ipbuf,
 	       prefix, nv->nvsp_version, nv->ndis_version >> 16, nv->ndis_version & 0xffff);
-	hv_sync(7, mac64, ip, nv->nvsp_version, nv->ndis_version);
+	hv_sync(7, net_mac_u64(nv->mac), ip, nv->nvsp_version, nv->ndis_version);
 
 	rc = netvsc_run_user(nv, demo_net_task, n);
 	HV_ASSERT(rc != DEMO_NET_DEADLINE, "demo: netvsc: no STOP from the host within %llu s",

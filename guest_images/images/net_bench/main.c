@@ -77,7 +77,7 @@ int hv_main(void)
 	net_init(&nb_if, nd->mac, ip, prefix, netdev_link_tx, nd);
 	net_arg_ipv4("gw", &nb_if.gateway);
 	netdev_set_rx(nd, nb_rx, &nb_if);
-	hv_sync(1, nb_mac64(nd->mac), ip, nd->info[0], nd->info[1], nd->info[2]);
+	hv_sync(1, net_mac_u64(nd->mac), ip, nd->info[0], nd->info[1], nd->info[2]);
 
 	r->dev = nd;
 	r->nif = &nb_if;

@@ -54,12 +54,4 @@ static inline uint64_t nb_cycles_to_us(uint64_t cycles, uint64_t hz)
 	return cycles / hz * 1000000 + cycles % hz * 1000000 / hz;
 }
 
-static inline uint64_t nb_mac64(const uint8_t *m)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < NET_ETH_ALEN; i++)
-		v = v << 8 | m[i];
-	return v;
-}
-
 #endif

@@ -108,7 +108,7 @@ int hv_main(void)
 		       (unsigned long long)(nd->info[2] >> 32),
 		       (unsigned long long)(nd->info[2] & 0xffffffffu),
 		       nd->vn->rx.event_idx ? ", EVENT_IDX" : "");
-	hv_sync(1, ne_mac64(nd->mac), ip, nd->info[0], nd->info[1], nd->info[2]);
+	hv_sync(1, net_mac_u64(nd->mac), ip, nd->info[0], nd->info[1], nd->info[2]);
 
 	for (;;) {
 		rc = ring == 3 ? netdev_run_user(nd, ne_task, r) : netdev_run_kernel(nd, ne_task, r);
@@ -119,7 +119,7 @@ int hv_main(void)
 		hv_log("net_echo: peer %s is at %02x:%02x:%02x:%02x:%02x:%02x", peerbuf,
 		       r->peer_mac[0], r->peer_mac[1], r->peer_mac[2], r->peer_mac[3],
 		       r->peer_mac[4], r->peer_mac[5]);
-		hv_sync(3, peer, ne_mac64(r->peer_mac));
+		hv_sync(3, peer, net_mac_u64(r->peer_mac));
 	}
 	HV_ASSERT_EQ(rc, 0, "net_echo: ring-3 loop");
 

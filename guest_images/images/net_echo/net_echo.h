@@ -54,12 +54,4 @@ static inline uint64_t ne_rdtsc(void)
 	return ((uint64_t)hi << 32) | lo;
 }
 
-static inline uint64_t ne_mac64(const uint8_t *m)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < NET_ETH_ALEN; i++)
-		v = v << 8 | m[i];
-	return v;
-}
-
 #endif
