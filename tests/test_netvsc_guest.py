@@ -528,8 +528,12 @@ def test_net_bench_sends_at_the_rate_asked(make_partition, netns, size):
     syncs = {a[0]: a[1:] for _v, a in r.syncs}
     assert syncs[10][:3] == (rate, size, seconds)
     assert syncs[11][0] == res["packets"] and syncs[11][1] == res["bytes"]
-    # paced: within 2 % of rate x seconds (the schedule never bursts to catch up)
-    assert abs(res["packets"] - rate * seconds) <= rate * seconds // 50, res
+    # Paced by the guest's own clock, so the bounds follow from its schedule, not from how
+    # much CPU the host gave it: never ahead of rate x seconds (it never bursts to catch up),
+    # and when it never fell 100 ms behind ("late" == 0) at most 100 ms of sends short.
+    assert res["packets"] <= rate * seconds + 1, res
+    if res["late"] == 0:
+        assert res["packets"] >= rate * seconds - rate // 10 - 1, res
     assert res["bytes"] == res["packets"] * size and res["pps"] > 0 and res["mbps"] > 0
     # every datagram reached the namespace's socket intact, none twice
     assert got["n"] == got["distinct"] == res["packets"] and got["bad"] == 0, got

@@ -1071,6 +1071,7 @@ class _Channel:
         self._log_times: deque = deque(maxlen=20)
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._err_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._err_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"hvkvm-netvsc-{oc.relid}")
 
@@ -1451,8 +1452,11 @@ class _Channel:
         cnet = self.cnet
         if cnet is None:
             return
-        for e in cnet.pop_errors():
-            self.record(*e)
+        # The C plane's error queue has one consumer at a time: the watcher thread, or stats()
+        # catching up so that what it reports includes every error already queued.
+        with self._err_lock:
+            for e in cnet.pop_errors():
+                self.record(*e)
 
     # -- control --------------------------------------------------------------------------
 
@@ -1471,6 +1475,7 @@ class _Channel:
                      "nvsp_version": self.nvsp_version, "ndis_version": self.ndis_version,
                      "handshake_packets": self.handshake_stats["handshake"]}
         if self.cnet is not None:
+            self._drain_errors()
             out.update(self.cnet.stats)
             out.update(self.cnet.state())
             ps = self.plane.stats
