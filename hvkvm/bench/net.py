@@ -538,14 +538,19 @@ def _sink(ns: Namespace) -> subprocess.Popen:
     return sink
 
 
+def _oneway_cmdline(path: "NetPath", size: int, seconds: int, ring: int) -> str:
+    """net_bench's command line for one one-way row (the same for hvkvm and QEMU)."""
+    return (f"net_bench ip={GUEST_IP}/24 peer={HOST_IP} port={SINK_PORT} size={size} "
+            f"seconds={seconds} ring={ring} "
+            + " ".join(f"{k}={v}" for k, v in path.keys.items()))
+
+
 def _run_oneway_qemu(ns: Namespace, path: NetPath, size: int, seconds: int, ring: int) -> dict:
     """net_bench under QEMU: the window is the guest's "timed loop" console lines."""
     from . import qemu
     sink = _sink(ns)
     try:
-        q = _Qemu(ns, "net_bench", f"net_bench ip={GUEST_IP}/24 peer={HOST_IP} "
-                  f"port={SINK_PORT} size={size} seconds={seconds} ring={ring} "
-                  + " ".join(f"{k}={v}" for k, v in path.keys.items()),
+        q = _Qemu(ns, "net_bench", _oneway_cmdline(path, size, seconds, ring),
                   marks={"net_bench: timed loop starts": 10, "net_bench: timed loop ended": 11})
         rc = q.finish(seconds + 300)
         ns.python(SINK_STOP, str(SINK_PORT), timeout=30)
@@ -578,9 +583,7 @@ def run_oneway(ns: Namespace, path: NetPath, size: int, seconds: int, ring: int 
     sink = _sink(ns)
     try:
         p, tap, built, stats = _partition(
-            ns, path, "net_bench", f"net_bench ip={GUEST_IP}/24 peer={HOST_IP} "
-            f"port={SINK_PORT} size={size} seconds={seconds} ring={ring} "
-            + " ".join(f"{k}={v}" for k, v in path.keys.items()), on_sync)
+            ns, path, "net_bench", _oneway_cmdline(path, size, seconds, ring), on_sync)
         holder["win"] = _Window(p, built, stats)
         try:
             result = p.run()
