@@ -3,7 +3,7 @@
 
 ``ci/sanitize.sh`` copies the working tree (``SANITIZE_SOURCE=worktree``: the tree under test,
 including uncommitted changes) to a temporary directory, builds the cffi extension there with
-``HVKVM_SANITIZE=1``, preloads gcc's libasan + libubsan into Python and runs
+``HVKVM_SANITIZE=1`` (kept on for the tests, so the virtio-blk plane is instrumented too), preloads gcc's libasan + libubsan into Python and runs
 ``tests/test_hostile.py``, ``tests/test_hostile_units.py`` and ``tests/test_parsers_property.py``
 from the copy. Any test failure or sanitizer report fails this test with the tail of the output.
 
