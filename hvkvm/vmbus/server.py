@@ -56,6 +56,36 @@ class Vsp:
         """The channel is closing: stop using its rings before this returns."""
 
 
+class ChannelThread:
+    """A VSP's thread for one open channel (storvsc, netvsc): it runs ``_run`` until close.
+
+    Subclasses implement ``_run``, which polls ``_stop_fd`` beside its own descriptors and
+    returns once ``_closed`` is set; their ``close()`` calls :meth:`_stop_thread` first, then
+    releases what the thread used, and closes ``_stop_fd`` last.
+    """
+
+    def __init__(self, name: str):
+        self._lock = threading.Lock()
+        self._closed = False
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the channel's thread."""
+        self._thread.start()
+
+    def _stop_thread(self) -> None:
+        """Mark the channel closed, wake the thread and wait for it (unless called from it)."""
+        with self._lock:
+            self._closed = True
+        os.eventfd_write(self._stop_fd, 1)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+
 @dataclass
 class OpenChannel:
     """An open channel as a VSP sees it: its rings, signals both ways, and counters."""

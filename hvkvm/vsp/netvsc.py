@@ -50,7 +50,7 @@ from ..vmbus.ring import (VM_PKT_COMP, VM_PKT_DATA_INBAND, VM_PKT_DATA_USING_GPA
                           RingBrokenError, packet_total)
 from ..vmbus.plane import CDataPlane, PlaneError
 from ..vmbus.ringmap import RingMapping
-from ..vmbus.server import OpenChannel, Vsp
+from ..vmbus.server import ChannelThread, OpenChannel, Vsp
 from . import netvsc_wire as nw
 
 log = logging.getLogger("hvkvm.netvsc")
@@ -1040,7 +1040,7 @@ class _NetPlane(CDataPlane):
 # The channel: handshake, then a data path
 # ============================================================================================
 
-class _Channel:
+class _Channel(ChannelThread):
     """One open channel: the Python thread (handshake; the data path for plane="python"; error
     logging for plane="c") and, after the handshake, the C plane."""
 
@@ -1063,20 +1063,13 @@ class _Channel:
         self.broken: str | None = None
         self.handshake_stats = {"handshake": 0, "errors": 0}
         self.error_counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._closed = False
         #: "recv"/"send" -> the GPADL of that buffer, held (its teardown deferred) until the
         #: guest revokes the buffer or the channel closes.
         self._holds: dict = {}
         self._log_times: deque = deque(maxlen=20)
-        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._err_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._err_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"hvkvm-netvsc-{oc.relid}")
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(f"hvkvm-netvsc-{oc.relid}")
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -1505,11 +1498,7 @@ class _Channel:
 
     def close(self) -> None:
         """Stop the thread and the C plane; nothing touches the rings or buffers afterwards."""
-        with self._lock:
-            self._closed = True
-        os.eventfd_write(self._stop_fd, 1)
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._stop_thread()
         with self._lock:
             if self.plane is not None:
                 self.plane.close()

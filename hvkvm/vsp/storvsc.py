@@ -37,14 +37,13 @@ import ctypes
 import logging
 import os
 import select
-import threading
 import uuid
 
 from ..memory import PAGE_SIZE, GuestMemoryError
 from ..vmbus import wire as w
 from ..vmbus.ring import (VM_PKT_COMP, VM_PKT_DATA_INBAND, VM_PKT_DATA_USING_GPA_DIRECT,
                           RingBrokenError, packet_total)
-from ..vmbus.server import OpenChannel, Vsp
+from ..vmbus.server import ChannelThread, OpenChannel, Vsp
 from . import scsi
 from . import storvsc_wire as sw
 
@@ -238,7 +237,7 @@ class Protocol:
             raise scsi.InvalidRequest(str(e)) from None
 
 
-class _Channel:
+class _Channel(ChannelThread):
     """One open channel: the Python thread (handshake, and the data path for plane="python")
     and, after the handshake, the C plane."""
 
@@ -250,14 +249,7 @@ class _Channel:
         self.storage = None            # its CStorage
         self.plane_error: str | None = None
         self.broken: str | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"hvkvm-storvsc-{oc.relid}")
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(f"hvkvm-storvsc-{oc.relid}")
 
     # -- the Python thread ----------------------------------------------------------------
 
@@ -372,11 +364,7 @@ class _Channel:
 
     def close(self) -> None:
         """Stop the thread and the C plane; their rings are not touched after this returns."""
-        with self._lock:
-            self._closed = True
-        os.eventfd_write(self._stop_fd, 1)
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._stop_thread()
         with self._lock:
             if self.plane is not None:
                 # Stopping the plane cancels queued I/O and waits for running I/O: the
